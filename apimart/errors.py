@@ -1,0 +1,197 @@
+"""Every error the APIMart client raises, in one tree.
+
+    APIMartError
+    ├── RequestValidationError        a request broke a documented rule; nothing was sent
+    ├── TransportError                the network failed (connect, read, write, timeout)
+    │   └── ConnectError              the request certainly never reached the server
+    ├── ProtocolError                 a 2xx answer whose body we cannot understand
+    ├── APIStatusError                the API answered with an error status
+    │   ├── BadRequestError           400: fix the row, never retry it as is (.error_type)
+    │   ├── AuthenticationError       401: stop the whole run
+    │   ├── PaymentRequiredError      402: stop submitting, keep polling what is in flight
+    │   ├── NotFoundError             404: unknown task id
+    │   ├── RateLimitError            429: slow down (.retry_after, seconds or None)
+    │   └── ServerError               5xx
+    ├── SubmitOutcomeUnknown          a paid POST may or may not have created a task
+    │                                 (.idempotency_key, .cause): never resend blindly
+    └── DownloadError                 a video could not be fetched or is not a video
+        ├── LinkExpiredError          403/404/410 or past expires_at: ask for a fresh link
+        └── DownloadIntegrityError    wrong content type, short body, too large
+
+Only `raise_for_response` turns an HTTP response into an `APIStatusError`, so every caller
+sees the same mapping. Messages never carry the API key or a signed URL's query string:
+use `redact_url` for any URL that goes into a message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+
+class APIMartError(Exception):
+    """Base of every error raised by this package."""
+
+
+class RequestValidationError(APIMartError, ValueError):
+    """A request broke documented rules. `problems` maps each field to what is wrong."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        self.problems = dict(problems)
+        detail = "; ".join(f"{field}: {why}" for field, why in self.problems.items())
+        super().__init__(f"invalid request: {detail}")
+
+
+class TransportError(APIMartError):
+    """The request failed on the network; the server's view of it is unknown."""
+
+
+class ConnectError(TransportError):
+    """The connection could not be opened: the server never saw the request."""
+
+
+class ProtocolError(APIMartError):
+    """The API answered success with a body we cannot understand."""
+
+
+class APIStatusError(APIMartError):
+    """The API answered with an error status."""
+
+    def __init__(self, message: str, *, status_code: int, error_type: str | None = None) -> None:
+        self.status_code = status_code
+        self.error_type = error_type
+        super().__init__(message)
+
+
+class BadRequestError(APIStatusError):
+    """400: the request is wrong (`error_type` says how); resending it as is cannot help."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key is missing or wrong."""
+
+
+class PaymentRequiredError(APIStatusError):
+    """402: the account balance is exhausted."""
+
+
+class NotFoundError(APIStatusError):
+    """404: no such task."""
+
+
+class RateLimitError(APIStatusError):
+    """429: throttled. `retry_after` is the server's hint in seconds, when it gave one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int = 429,
+        error_type: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code, error_type=error_type)
+        self.retry_after = retry_after
+
+
+class ServerError(APIStatusError):
+    """5xx: the server failed."""
+
+
+class SubmitOutcomeUnknown(APIMartError):
+    """A paid POST may have created a task, but the answer did not tell us.
+
+    Resending could pay twice; the caller decides, with `idempotency_key` to reuse.
+    """
+
+    def __init__(self, message: str, *, idempotency_key: str, cause: str) -> None:
+        self.idempotency_key = idempotency_key
+        self.cause = cause
+        super().__init__(f"{message} (idempotency key {idempotency_key})")
+
+
+class DownloadError(APIMartError):
+    """A video could not be downloaded."""
+
+
+class LinkExpiredError(DownloadError):
+    """The signed link is past its expiry or refused (403/404/410): query the task again."""
+
+
+class DownloadIntegrityError(DownloadError):
+    """The body is not the video we expected: wrong type, short, or over the size limit."""
+
+
+def redact_url(url: str | httpx.URL) -> str:
+    """The URL without its query and fragment: signed links carry their credential there."""
+    parts = urlsplit(str(url))
+    query = "<redacted>" if parts.query else ""
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _error_fields(response: httpx.Response) -> tuple[str | None, str]:
+    """(error type, message) from an error body, tolerant of the shapes seen in the wild."""
+    try:
+        body: Any = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        return None, response.reason_phrase or "error"
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        error_type = error.get("type") or error.get("code")
+        message = error.get("message") or response.reason_phrase
+        return (str(error_type) if error_type else None), str(message)
+    if isinstance(error, str):
+        message = body.get("message") if isinstance(body, dict) else None
+        return error, str(message or error)
+    if isinstance(body, dict) and body.get("message"):
+        return None, str(body["message"])
+    return None, response.reason_phrase or "error"
+
+
+_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: PaymentRequiredError,
+    404: NotFoundError,
+}
+
+
+def raise_for_response(response: httpx.Response) -> None:
+    """Raise the error of this tree that an API response means; return if it is a success."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    error_type, message = _error_fields(response)
+    text = f"HTTP {status} from {redact_url(response.request.url)}: {message}"
+    if status == 429:
+        raise RateLimitError(
+            text,
+            error_type=error_type,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+    if status >= 500:
+        raise ServerError(text, status_code=status, error_type=error_type)
+    cls = _STATUS_ERRORS.get(status, BadRequestError if status < 500 else ServerError)
+    raise cls(text, status_code=status, error_type=error_type)

@@ -1,0 +1,309 @@
+"""Typed request and answers of the APIMart video API.
+
+`VideoRequest` holds a request that is known to be valid: building one checks every documented
+rule and raises one `RequestValidationError` naming every broken field, before any network call.
+`Task` and `SubmitResult` parse the API's answers, tolerant of the shapes its docs disagree on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from apimart import spec
+from apimart.errors import ProtocolError, RequestValidationError, redact_url
+
+_DATA_URI = re.compile(r"^data:image/([A-Za-z0-9.+-]+);base64,(.*)$", re.DOTALL)
+
+
+def image_url_problem(url: object) -> str | None:
+    """Why this image_urls entry is unacceptable, or None when it is fine."""
+    if not isinstance(url, str) or not url:
+        return "each entry must be a non-empty string"
+    lowered = url[:16].lower()
+    if lowered.startswith(("http://", "https://")):
+        return None if len(url) > len("https://") else "URL has no host"
+    match = _DATA_URI.match(url)
+    if match is None:
+        return "each entry must be an http(s) URL or a data:image/<type>;base64,... URI"
+    try:
+        payload = base64.b64decode(match.group(2), validate=True)
+    except (binascii.Error, ValueError):
+        return "data URI is not valid base64"
+    return None if payload else "data URI is empty"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, slots=True)
+class VideoRequest:
+    """One valid generation request, normalised (resolution lower-case, defaults filled)."""
+
+    prompt: str
+    duration: int = spec.DEFAULT_DURATION
+    resolution: str = spec.DEFAULT_RESOLUTION
+    aspect_ratio: str = spec.DEFAULT_ASPECT_RATIO
+    image_urls: tuple[str, ...] = ()
+    video_urls: tuple[str, ...] = ()
+    model: str = spec.MODEL
+
+    def __post_init__(self) -> None:
+        problems = _problems(self)
+        if problems:
+            raise RequestValidationError(problems)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        prompt: object,
+        duration: object = None,
+        resolution: object = None,
+        aspect_ratio: object = None,
+        size: object = None,
+        image_urls: Iterable[object] | None = None,
+        video_urls: Iterable[object] | None = None,
+        model: object = None,
+    ) -> VideoRequest:
+        """Normalise loose input (None means the API default) and validate it all at once."""
+        problems: dict[str, str] = {}
+        if aspect_ratio is not None and size is not None and aspect_ratio != size:
+            problems["aspect_ratio"] = (
+                f"conflicts with size ({aspect_ratio!r} != {size!r}); send one or make them agree"
+            )
+        ratio = aspect_ratio if aspect_ratio is not None else size
+        if isinstance(resolution, str):
+            resolution = resolution.strip().lower()
+        candidate: dict[str, Any] = {
+            "prompt": prompt,
+            "duration": spec.DEFAULT_DURATION if duration is None else duration,
+            "resolution": spec.DEFAULT_RESOLUTION if resolution is None else resolution,
+            "aspect_ratio": spec.DEFAULT_ASPECT_RATIO if ratio is None else ratio,
+            "image_urls": tuple(image_urls or ()),
+            "video_urls": tuple(video_urls or ()),
+            "model": spec.MODEL if model is None else model,
+        }
+        problems.update(_field_problems(candidate))
+        if problems:
+            raise RequestValidationError(problems)
+        return cls(**candidate)
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON body of POST /v1/videos/generations."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": self.prompt,
+            "duration": self.duration,
+            "resolution": self.resolution,
+            "aspect_ratio": self.aspect_ratio,
+        }
+        if self.image_urls:
+            body["image_urls"] = list(self.image_urls)
+        if self.video_urls:
+            body["video_urls"] = list(self.video_urls)
+        return body
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return spec.frame_size(self.resolution, self.aspect_ratio)
+
+    def __repr__(self) -> str:
+        # Data URIs can be megabytes: show how many images, not their bytes.
+        return (
+            f"VideoRequest(prompt={self.prompt[:40]!r}, duration={self.duration}, "
+            f"resolution={self.resolution!r}, aspect_ratio={self.aspect_ratio!r}, "
+            f"images={len(self.image_urls)}, videos={len(self.video_urls)})"
+        )
+
+
+def _problems(request: VideoRequest) -> dict[str, str]:
+    return _field_problems(
+        {
+            "prompt": request.prompt,
+            "duration": request.duration,
+            "resolution": request.resolution,
+            "aspect_ratio": request.aspect_ratio,
+            "image_urls": request.image_urls,
+            "video_urls": request.video_urls,
+            "model": request.model,
+        }
+    )
+
+
+def _field_problems(values: Mapping[str, Any]) -> dict[str, str]:
+    problems: dict[str, str] = {}
+    if values["model"] != spec.MODEL:
+        problems["model"] = f"must be {spec.MODEL!r}, got {values['model']!r}"
+    prompt = values["prompt"]
+    if not isinstance(prompt, str) or not prompt.strip():
+        problems["prompt"] = "must be a non-empty string"
+    duration = values["duration"]
+    if not _is_int(duration) or duration not in spec.DURATIONS:
+        problems["duration"] = f"must be one of {list(spec.DURATIONS)} seconds, got {duration!r}"
+    if values["resolution"] not in spec.RESOLUTIONS:
+        problems["resolution"] = (
+            f"must be one of {', '.join(spec.RESOLUTIONS)} (any case), got {values['resolution']!r}"
+        )
+    if values["aspect_ratio"] not in spec.ASPECT_RATIOS:
+        problems["aspect_ratio"] = (
+            f"must be one of {', '.join(spec.ASPECT_RATIOS)}, got {values['aspect_ratio']!r}"
+        )
+    images = values["image_urls"]
+    if len(images) not in spec.IMAGE_COUNTS:
+        problems["image_urls"] = (
+            f"must hold 0, 1 or 3 images (text-to-video, image-to-video, reference fusion), "
+            f"got {len(images)}"
+        )
+    else:
+        for index, url in enumerate(images):
+            why = image_url_problem(url)
+            if why:
+                problems["image_urls"] = f"entry {index + 1}: {why}"
+                break
+    videos = values["video_urls"]
+    if len(videos) > spec.MAX_VIDEO_URLS:
+        problems["video_urls"] = f"at most {spec.MAX_VIDEO_URLS} reference video, got {len(videos)}"
+    elif any(
+        not isinstance(v, str) or not v.lower().startswith(("http://", "https://")) for v in videos
+    ):
+        problems["video_urls"] = "each entry must be a public http(s) URL"
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """What the API said when it accepted a submission."""
+
+    task_id: str
+    status: str
+    estimated_time: float | None = None
+
+    @classmethod
+    def from_body(cls, body: object) -> SubmitResult:
+        """Accept both documented shapes: `data` as a one-item list or as an object."""
+        data = body.get("data") if isinstance(body, dict) else None
+        if isinstance(data, list) and data:
+            data = data[0]
+        if not isinstance(data, dict):
+            raise ProtocolError("submit answer has no task in `data`")
+        task_id = data.get("task_id") or data.get("id")
+        if not isinstance(task_id, str) or not task_id:
+            raise ProtocolError("submit answer has no task id")
+        info = data.get("task_info")
+        estimated = info.get("estimated_time") if isinstance(info, dict) else None
+        return cls(
+            task_id=task_id,
+            status=str(data.get("status") or spec.STATUS_SUBMITTED),
+            estimated_time=_number(estimated),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Video:
+    """A downloadable result. The URL is a credential: it is kept out of repr."""
+
+    url: str = field(repr=False)
+    expires_at: float | None = None
+
+    def __repr__(self) -> str:
+        return f"Video(url={redact_url(self.url)!r}, expires_at={self.expires_at})"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """The state of a task, as GET /v1/tasks/{id} reports it."""
+
+    id: str
+    status: str
+    progress: int = 0
+    created: float | None = None
+    completed: float | None = None
+    estimated_time: float | None = None
+    actual_time: float | None = None
+    cost: float | None = None
+    videos: tuple[Video, ...] = ()
+    error: TaskError | None = None
+
+    @property
+    def is_known_status(self) -> bool:
+        return self.status in spec.KNOWN_STATUSES
+
+    @property
+    def is_terminal(self) -> bool:
+        """Unknown statuses count as still running (the spec asks us to keep waiting)."""
+        return self.status in spec.TERMINAL_STATUSES
+
+    @classmethod
+    def from_body(cls, body: object) -> Task:
+        data = body.get("data") if isinstance(body, dict) else None
+        if isinstance(data, list) and data:
+            data = data[0]
+        if not isinstance(data, dict):
+            raise ProtocolError("task answer has no `data` object")
+        task_id = data.get("id") or data.get("task_id")
+        status = data.get("status")
+        if not isinstance(task_id, str) or not isinstance(status, str) or not status:
+            raise ProtocolError("task answer lacks an id or a status")
+        return cls(
+            id=task_id,
+            status=status.lower(),
+            progress=int(_number(data.get("progress")) or 0),
+            created=_number(data.get("created")),
+            completed=_number(data.get("completed")),
+            estimated_time=_number(data.get("estimated_time")),
+            actual_time=_number(data.get("actual_time")),
+            cost=_number(data.get("cost")),
+            videos=_videos(data.get("result")),
+            error=_task_error(data.get("error")),
+        )
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _videos(result: object) -> tuple[Video, ...]:
+    """`url` is a list of strings in one documented example and a string in another."""
+    if not isinstance(result, dict):
+        return ()
+    videos: list[Video] = []
+    for item in result.get("videos") or ():
+        if not isinstance(item, dict):
+            continue
+        urls = item.get("url")
+        candidates = urls if isinstance(urls, list) else [urls]
+        expires = _number(item.get("expires_at"))
+        videos.extend(Video(url=u, expires_at=expires) for u in candidates if isinstance(u, str))
+    return tuple(videos)
+
+
+def _task_error(error: object) -> TaskError | None:
+    if isinstance(error, dict):
+        return TaskError(
+            code=str(error.get("code") or error.get("type") or "task_failed"),
+            message=str(error.get("message") or ""),
+        )
+    if isinstance(error, str) and error:
+        return TaskError(code="task_failed", message=error)
+    return None
