@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from apimart import spec
 from apimart.errors import ProtocolError, RequestValidationError, redact_url
@@ -24,9 +25,8 @@ def image_url_problem(url: object) -> str | None:
     """Why this image_urls entry is unacceptable, or None when it is fine."""
     if not isinstance(url, str) or not url:
         return "each entry must be a non-empty string"
-    lowered = url[:16].lower()
-    if lowered.startswith(("http://", "https://")):
-        return None if len(url) > len("https://") else "URL has no host"
+    if url[:8].lower().startswith(("http://", "https://")):
+        return None if is_http_url(url) else "URL has no host"
     match = _DATA_URI.match(url)
     if match is None:
         return "each entry must be an http(s) URL or a data:image/<type>;base64,... URI"
@@ -35,6 +35,17 @@ def image_url_problem(url: object) -> str | None:
     except (binascii.Error, ValueError):
         return "data URI is not valid base64"
     return None if payload else "data URI is empty"
+
+
+def is_http_url(value: object) -> bool:
+    """An http(s) URL with a host (`http:///x` and `https://` have none)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
 
 
 def _is_int(value: object) -> bool:
@@ -169,9 +180,7 @@ def _field_problems(values: Mapping[str, Any]) -> dict[str, str]:
     videos = values["video_urls"]
     if len(videos) > spec.MAX_VIDEO_URLS:
         problems["video_urls"] = f"at most {spec.MAX_VIDEO_URLS} reference video, got {len(videos)}"
-    elif any(
-        not isinstance(v, str) or not v.lower().startswith(("http://", "https://")) for v in videos
-    ):
+    elif not all(is_http_url(v) for v in videos):
         problems["video_urls"] = "each entry must be a public http(s) URL"
     return problems
 

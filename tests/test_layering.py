@@ -17,8 +17,13 @@ FORBIDDEN: dict[str, set[str]] = {
     "videobatch": set(),
 }
 # The sandbox emulates the server; if it imported the client the two could not disagree.
-SANDBOX_FORBIDDEN = {"apimart.client", "apimart.models", "apimart.errors", "apimart.retry",
-                     "apimart.download"}
+SANDBOX_FORBIDDEN = {
+    "apimart.client",
+    "apimart.models",
+    "apimart.errors",
+    "apimart.retry",
+    "apimart.download",
+}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -1,0 +1,98 @@
+"""`generate-videos`: one manifest in, verified videos and a per-row results table out.
+
+Wiring only. Each row runs submit -> poll -> download as its own chain of task runs, named
+after the row; a semaphore caps the jobs in flight, so a new submission starts the moment a
+slot frees (no waves). A slot is held from submission until the task ends; downloads run
+outside it, so slow downloads never hold back generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prefect import flow
+
+from tasks.artifacts import Progress, artifact_key, publish_results
+from tasks.download import download_task, mark_download_failed
+from tasks.gate import RunStopped
+from tasks.ledger import TO_POLL, State
+from tasks.options import RunOptions
+from tasks.poll import poll_task
+from tasks.report import write_report
+from tasks.run import finish_run, open_run, rows_needing_work
+from tasks.runtime import Runtime, run_logger
+from tasks.submit import submit_task
+
+DOWNLOADABLE = frozenset({State.COMPLETED, State.DOWNLOADED, State.DOWNLOAD_FAILED})
+
+
+async def _one_row(key: str, runtime: Runtime, row_id: str, slots: asyncio.Semaphore) -> str:
+    log = run_logger()
+    async with slots:
+        runtime.gate.check()
+        state = await submit_task(key, row_id)
+        if state in TO_POLL:
+            try:
+                state = await poll_task(key, row_id)
+            except RunStopped:
+                raise
+            except Exception as exc:
+                if runtime.gate.stop_reason:
+                    raise
+                # The task id is in the ledger: the next run polls it again.
+                log.error("row %s: polling failed (%s); will resume next run", row_id, exc)
+                return State.TIMEOUT
+    if state in DOWNLOADABLE:
+        try:
+            state = await download_task(key, row_id)
+        except Exception as exc:
+            if runtime.gate.stop_reason:
+                raise
+            state = mark_download_failed(runtime, row_id, str(exc))
+    return state
+
+
+@flow(name="generate-videos", log_prints=False, validate_parameters=True)
+async def generate_videos(options: RunOptions) -> dict[str, Any]:
+    """Generate one video per manifest row; resumable, and never pays twice for a row."""
+    async with open_run(options) as (key, runtime):
+        log = run_logger()
+        rows = rows_needing_work(runtime)
+        log.info(
+            "%d rows, %d valid, %d need work",
+            len(runtime.manifest.rows),
+            len(runtime.manifest.valid_rows),
+            len(rows),
+        )
+        for bad in runtime.manifest.invalid_rows:
+            log.warning("invalid, not sent: %s", bad.message)
+        progress = Progress(len(rows), key=artifact_key(options.out))
+        await progress.start()
+        slots = asyncio.Semaphore(options.concurrency)
+
+        async def run_row(row_id: str) -> str:
+            state = await _one_row(key, runtime, row_id, slots)
+            await progress.row_done(state)
+            return state
+
+        outcomes = await asyncio.gather(*(run_row(r) for r in rows), return_exceptions=True)
+        table = finish_run(runtime)
+        report = write_report(runtime.out, table) if options.report else None
+        markdown = await publish_results(
+            table, key=artifact_key(options.out), title=f"videobatch {options.out}", report=report
+        )
+        stopped = runtime.gate.stop_reason
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if stopped:
+            raise RunStopped(stopped)
+        for error in errors:
+            log.error("a row failed unexpectedly: %r", error)
+        statuses = table.column("status").to_pylist()
+        return {
+            "out": options.out,
+            "rows": len(statuses),
+            "completed": statuses.count("completed"),
+            "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
+            "summary": markdown,
+        }

@@ -1,0 +1,88 @@
+"""What a person sees of a run in the Prefect UI: progress while it runs, results after.
+
+Artifacts are a window, not the record (the ledger and results files are): a failure to write
+one is logged and never stops a run that is spending money.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+
+import pyarrow as pa
+from prefect.artifacts import (
+    acreate_link_artifact,
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
+
+from tasks.runtime import run_logger
+from tasks.summary import results_table_for_artifact, summarize, summary_markdown
+
+
+def artifact_key(out: str) -> str:
+    """Prefect keys allow lower-case letters, digits and dashes; one key per output folder."""
+    slug = re.sub(r"[^a-z0-9]+", "-", out.lower()).strip("-")[-40:].strip("-")
+    return f"videobatch-{slug or 'out'}"
+
+
+class Progress:
+    """A progress artifact updated as rows finish, at most every `every_s` seconds."""
+
+    def __init__(self, total: int, *, key: str, every_s: float = 2.0) -> None:
+        self.total, self.key, self.every_s = max(total, 1), key, every_s
+        self.done = 0
+        self.states: Counter[str] = Counter()
+        self._id: object | None = None
+        self._last = 0.0
+
+    async def start(self) -> None:
+        try:
+            self._id = await acreate_progress_artifact(
+                progress=0.0,
+                key=f"{self.key}-progress",
+                description=f"rows finished of {self.total}",
+            )
+        except Exception as exc:  # the UI is a window, not the record
+            run_logger().warning("could not create the progress artifact: %s", exc)
+
+    async def row_done(self, state: str) -> None:
+        self.done += 1
+        self.states[state] += 1
+        now = time.monotonic()
+        if self._id is None or (now - self._last < self.every_s and self.done < self.total):
+            return
+        self._last = now
+        try:
+            await aupdate_progress_artifact(
+                artifact_id=self._id,  # type: ignore[arg-type]
+                progress=100.0 * self.done / self.total,
+                description=", ".join(f"{k}: {v}" for k, v in sorted(self.states.items())),
+            )
+        except Exception as exc:
+            run_logger().warning("could not update the progress artifact: %s", exc)
+
+
+async def publish_results(table: pa.Table, *, key: str, title: str, report: str | None) -> str:
+    """Table and markdown artifacts of the results; a link to the HTML report when written."""
+    summary = summarize(table)
+    markdown = summary_markdown(summary, title=title)
+    try:
+        await acreate_table_artifact(
+            table=results_table_for_artifact(table),
+            key=f"{key}-results",
+            description=f"{title}: one line per row",
+        )
+        await acreate_markdown_artifact(
+            markdown=markdown, key=f"{key}-summary", description=f"{title}: totals"
+        )
+        if report:
+            await acreate_link_artifact(
+                link=report, link_text="videobatch report", key=f"{key}-report"
+            )
+    except Exception as exc:
+        run_logger().warning("could not publish result artifacts: %s", exc)
+    return markdown

@@ -1,0 +1,151 @@
+"""Fetching and verifying one paid video: the step that must never lose what was bought.
+
+A video is done only when it is on disk, its hash recorded, and PyAV decodes it. A link that
+expired or is refused is renewed once by querying the task again; a video we still cannot fetch
+is reported loudly as `download_failed` with its task id, so it can be fetched later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from apimart.errors import DownloadError, LinkExpiredError
+from apimart.models import Video
+from tasks.ledger import State
+from tasks.probe import VideoUnreadable, probe_video
+from tasks.runtime import Runtime, get_runtime, run_logger
+
+VIDEOS_DIR = "videos"
+
+
+def video_relpath(row_id: str) -> str:
+    return f"{VIDEOS_DIR}/{row_id}.mp4"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def already_verified(runtime: Runtime, row_id: str) -> bool:
+    """The row's video is on disk with the hash the ledger recorded: nothing to fetch."""
+    record = runtime.ledger.get(row_id)
+    if record is None or record.state != State.DOWNLOADED or not record.video_sha256:
+        return False
+    path = runtime.out / (record.video_path or video_relpath(row_id))
+    return path.is_file() and file_sha256(path) == record.video_sha256
+
+
+async def _fresh_link(runtime: Runtime, row_id: str, task_id: str) -> Video | None:
+    task = await runtime.client.get_task(task_id)
+    video = task.videos[0] if task.videos else None
+    if video is not None:
+        runtime.ledger.update(row_id, url_expires_at=video.expires_at)
+    return video
+
+
+async def download_row(runtime: Runtime, row_id: str) -> str:
+    """Download the row's video if it is paid for and not yet safely on disk."""
+    record = runtime.ledger.get(row_id)
+    if record is None or record.task_id is None:
+        return record.state if record else State.PENDING
+    if record.state == State.DOWNLOADED and already_verified(runtime, row_id):
+        return State.DOWNLOADED
+    if record.state not in (State.COMPLETED, State.DOWNLOADED, State.DOWNLOAD_FAILED):
+        return record.state
+    log, options = run_logger(), runtime.options
+    dest = runtime.out / video_relpath(row_id)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    video = runtime.links.pop(row_id, None)
+    for renewed in (False, True):
+        if video is None or renewed:
+            video = await _fresh_link(runtime, row_id, record.task_id)
+            if video is None:
+                return mark_download_failed(runtime, row_id, "the completed task lists no video")
+        try:
+            result = await runtime.client.download(
+                video.url,
+                dest,
+                max_bytes=int(options.max_video_mb * 2**20),
+                deadline_s=options.download_timeout,
+                expires_at=video.expires_at,
+            )
+            break
+        except LinkExpiredError as exc:
+            if renewed:
+                return mark_download_failed(runtime, row_id, f"link refused after renewal: {exc}")
+            log.info("row %s: link expired or refused, asking the API for a fresh one", row_id)
+    else:  # pragma: no cover - the loop always breaks or returns
+        raise AssertionError("unreachable")
+    return _verify(runtime, row_id, dest, result.sha256, result.bytes, time.monotonic() - started)
+
+
+def _verify(
+    runtime: Runtime, row_id: str, dest: Path, sha256: str, size: int, seconds: float
+) -> str:
+    row = runtime.row(row_id)
+    assert row.request is not None
+    try:
+        info = probe_video(dest)
+    except VideoUnreadable as exc:
+        # Keep the bytes we paid for beside the name, so a person can still look at them.
+        kept = dest.with_suffix(".undecodable.mp4")
+        dest.replace(kept)
+        raise DownloadError(f"row {row_id}: downloaded file does not decode ({exc})") from exc
+    width, height = row.request.frame_size
+    mismatch = info.mismatch(width, height, row.request.duration)
+    runtime.ledger.update(
+        row_id,
+        "downloaded",
+        state=State.DOWNLOADED,
+        video_path=video_relpath(row_id),
+        video_bytes=size,
+        video_sha256=sha256,
+        video_width=info.width,
+        video_height=info.height,
+        video_duration_s=info.duration_s,
+        download_s=round(seconds, 3),
+        error_code="video_mismatch" if mismatch else None,
+        error_message=mismatch,
+    )
+    if mismatch:
+        run_logger().warning("row %s: video differs from the request: %s", row_id, mismatch)
+    return State.DOWNLOADED
+
+
+def mark_download_failed(runtime: Runtime, row_id: str, why: str) -> str:
+    """A paid video we could not fetch: say so loudly, with the task id to fetch it by hand."""
+    record = runtime.ledger.get(row_id)
+    task_id = record.task_id if record else None
+    runtime.ledger.update(
+        row_id,
+        "download-failed",
+        state=State.DOWNLOAD_FAILED,
+        error_code="download_failed",
+        error_message=why,
+    )
+    run_logger().error(
+        "row %s: PAID VIDEO NOT DOWNLOADED (task %s): %s; rerun to try again", row_id, task_id, why
+    )
+    return State.DOWNLOAD_FAILED
+
+
+@task(
+    name="download",
+    task_run_name="download-{row_id}",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_jitter_factor=0.5,
+    cache_policy=NO_CACHE,
+)
+async def download_task(run_key: str, row_id: str) -> str:
+    return await download_row(get_runtime(run_key), row_id)

@@ -1,0 +1,51 @@
+"""The options of a run: one pydantic model, so the Prefect UI renders them as a form.
+
+The API key is deliberately not here: flow parameters are stored and shown by Prefect. It comes
+from `APIMART_API_KEY` or the Prefect Secret block `apimart-api-key` (see `tasks.runtime`).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class RunOptions(BaseModel):
+    """How one manifest is turned into videos."""
+
+    manifest: str = Field(description="Path of the manifest (CSV, Parquet or JSON Lines).")
+    out: str = Field(
+        "out", description="Output folder: ledger, videos/, results.parquet and results.csv."
+    )
+    concurrency: int = Field(
+        8, ge=1, le=1000, description="Most jobs in flight (submitted and not finished) at once."
+    )
+    submit_rate: float = Field(
+        2.0, gt=0, description="Most submissions per second; 429 answers slow this down further."
+    )
+    max_cost: float | None = Field(
+        None, ge=0, description="Budget cap for this output folder (estimated before, real after)."
+    )
+    dry_run: bool = Field(False, description="Validate and estimate only; send nothing.")
+    resubmit_unknown: bool = Field(
+        False,
+        description="Send again rows whose earlier POST outcome is unknown (same idempotency key).",
+    )
+    retry_failed: bool = Field(
+        False, description="Submit rows whose task failed or was cancelled as a new attempt."
+    )
+    poll_initial_delay: float = Field(
+        8.0, ge=0, description="Seconds to wait after submitting before the first query."
+    )
+    poll_interval: float = Field(8.0, gt=0, description="Seconds between queries of one task.")
+    poll_timeout: float = Field(
+        1800.0, gt=0, description="Seconds to keep polling a task in this run before `timeout`."
+    )
+    base_url: str | None = Field(
+        None, description="API endpoint; default APIMART_BASE_URL, else https://api.apimart.ai."
+    )
+    prices: dict[str, float] | None = Field(
+        None, description="Estimated price per clip at 6 s by resolution, e.g. {'720p': 0.15}."
+    )
+    max_video_mb: float = Field(1024, gt=0, description="Largest video accepted, in MiB.")
+    download_timeout: float = Field(900, gt=0, description="Deadline of one download, seconds.")
+    report: bool = Field(True, description="Write OUT/report.html at the end of the run.")

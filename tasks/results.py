@@ -1,0 +1,430 @@
+"""The results table: one line per manifest row, joining what was asked with what happened.
+
+Built from the manifest and the ledger alone (never from the API), so it can be rebuilt at any
+time, by any run or by `videobatch results`, and always says the same thing.
+
+Columns, in order (`SCHEMA` holds the fixed ones with their Arrow types):
+
+    id, prompt, duration, resolution, aspect_ratio, image_count   what the row asked for
+    <manifest columns>     every other manifest column, carried through with the type it came
+                           with (CSV cells are strings). One whose name collides with a fixed
+                           column is renamed `manifest_<name>` (prefixed again while that name
+                           is taken too), so neither hides the other.
+    status                 one of RESULT_STATUSES (see `result_status`)
+    error_code, error_message
+    task_id, attempt
+    cost                   what the API reported it charged (None while unknown)
+    estimated_cost         the estimate committed when the row was sent; for a row never sent,
+                           what sending it would cost at the given prices
+    submitted_at           when the API accepted the task (UTC)
+    completed_at           the API's own completion time (UTC)
+    generation_s           the API's `actual_time`
+    wait_s                 submitted_at -> the moment polling saw the task finish
+    polls                  status requests made for the current task
+    download_s             seconds spent fetching and checking the video
+    total_s                the latest attempt's intent -> the row's last ledger write, for rows
+                           that have settled (None while a row is still in flight): the whole
+                           wall-clock cost of the row, queueing and download included
+    video_path             relative to the output folder, e.g. `videos/<id>.mp4`
+    video_bytes, video_sha256, video_width, video_height, video_duration_s
+    url_expires_at         when the API's download link expires (UTC); the link is never kept
+    run_id                 the run that last sent the row
+
+Files are written beside the ledger as `results.parquet` (exact values and types) and
+`results.csv` (for spreadsheets: formula-like text is defused, times are ISO 8601 UTC).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from apimart import spec
+from tasks.ledger import RowRecord, State
+
+if TYPE_CHECKING:
+    from tasks.manifest import Manifest, ManifestRow
+
+__all__ = [
+    "CSV_FILE",
+    "PARQUET_FILE",
+    "RESULT_STATUSES",
+    "SCHEMA",
+    "build_results",
+    "read_results",
+    "result_status",
+    "results_schema",
+    "write_results",
+]
+
+PARQUET_FILE: Final = "results.parquet"
+CSV_FILE: Final = "results.csv"
+
+COMPLETED: Final = "completed"
+FAILED: Final = "failed"
+CANCELLED: Final = "cancelled"
+REJECTED: Final = "rejected"
+DOWNLOAD_FAILED: Final = "download_failed"
+TIMEOUT: Final = "timeout"
+UNKNOWN: Final = "unknown"
+NOT_SUBMITTED: Final = "not_submitted"
+SKIPPED_BUDGET: Final = "skipped_budget"
+SKIPPED_PAYMENT: Final = "skipped_payment"
+INVALID: Final = "invalid"
+
+# Display order: done first, then what went wrong, then what never started.
+RESULT_STATUSES: Final = (
+    COMPLETED,
+    FAILED,
+    CANCELLED,
+    REJECTED,
+    DOWNLOAD_FAILED,
+    TIMEOUT,
+    UNKNOWN,
+    NOT_SUBMITTED,
+    SKIPPED_BUDGET,
+    SKIPPED_PAYMENT,
+    INVALID,
+)
+
+_STATE_TO_STATUS: Final[dict[str, str]] = {
+    State.PENDING: NOT_SUBMITTED,
+    State.INTENT: UNKNOWN,
+    State.UNKNOWN: UNKNOWN,
+    State.SUBMITTED: TIMEOUT,
+    State.TIMEOUT: TIMEOUT,
+    # The task finished and was paid for, but no verified video is on disk.
+    State.COMPLETED: DOWNLOAD_FAILED,
+    State.DOWNLOADED: COMPLETED,
+    State.DOWNLOAD_FAILED: DOWNLOAD_FAILED,
+    State.FAILED: FAILED,
+    State.CANCELLED: CANCELLED,
+    State.REJECTED: REJECTED,
+    State.SKIPPED_BUDGET: SKIPPED_BUDGET,
+    State.SKIPPED_PAYMENT: SKIPPED_PAYMENT,
+}
+
+# Ledger states after which nothing more happens to the row in this attempt.
+_SETTLED: Final = frozenset(
+    {
+        State.COMPLETED,
+        State.DOWNLOADED,
+        State.DOWNLOAD_FAILED,
+        State.FAILED,
+        State.CANCELLED,
+        State.REJECTED,
+    }
+)
+
+# Rows not sent (yet): without a committed estimate, theirs is what sending them would cost.
+_UNSENT: Final = frozenset({NOT_SUBMITTED, SKIPPED_BUDGET, SKIPPED_PAYMENT, REJECTED})
+
+INVALID_ROW_CODE: Final = "invalid_row"
+MANIFEST_PREFIX: Final = "manifest_"
+
+_TS: Final = pa.timestamp("us", tz="UTC")
+_HEAD: Final = (
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("prompt", pa.string()),
+    pa.field("duration", pa.int32()),
+    pa.field("resolution", pa.string()),
+    pa.field("aspect_ratio", pa.string()),
+    pa.field("image_count", pa.int32()),
+)
+_TAIL: Final = (
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error_code", pa.string()),
+    pa.field("error_message", pa.string()),
+    pa.field("task_id", pa.string()),
+    pa.field("attempt", pa.int32()),
+    pa.field("cost", pa.float64()),
+    pa.field("estimated_cost", pa.float64()),
+    pa.field("submitted_at", _TS),
+    pa.field("completed_at", _TS),
+    pa.field("generation_s", pa.float64()),
+    pa.field("wait_s", pa.float64()),
+    pa.field("polls", pa.int32()),
+    pa.field("download_s", pa.float64()),
+    pa.field("total_s", pa.float64()),
+    pa.field("video_path", pa.string()),
+    pa.field("video_bytes", pa.int64()),
+    pa.field("video_sha256", pa.string()),
+    pa.field("video_width", pa.int32()),
+    pa.field("video_height", pa.int32()),
+    pa.field("video_duration_s", pa.float64()),
+    pa.field("url_expires_at", _TS),
+    pa.field("run_id", pa.string()),
+)
+SCHEMA: Final = pa.schema([*_HEAD, *_TAIL])
+FIXED_COLUMNS: Final = frozenset(SCHEMA.names)
+
+# OWASP CSV injection: a cell starting with one of these is run as a formula by spreadsheets.
+_FORMULA_START: Final = r"^([=+\-@\t\r])"
+_INT32_MAX: Final = 2**31 - 1
+
+
+def result_status(row: ManifestRow, record: RowRecord | None) -> str:
+    """The row's outcome as the results table reports it.
+
+    An invalid manifest row is `invalid` whatever the ledger holds (the row as now written
+    cannot be sent). A ledger state this module does not know reads as `unknown`: the one
+    status that tells a person to look before anything is resent or written off.
+    """
+    if not row.valid:
+        return INVALID
+    if record is None:
+        return NOT_SUBMITTED
+    return _STATE_TO_STATUS.get(record.state, UNKNOWN)
+
+
+def results_schema(extra: Sequence[pa.Field] = ()) -> pa.Schema:
+    """The fixed columns with the carried-through manifest columns between them."""
+    return pa.schema([*_HEAD, *extra, *_TAIL])
+
+
+def build_results(
+    manifest: Manifest,
+    ledger_rows: Mapping[str, RowRecord],
+    *,
+    prices: dict[str, float] | None = None,
+) -> pa.Table:
+    """One line per manifest row, in manifest order (`prices` as for `spec.estimate_cost`)."""
+    rows = manifest.rows
+    records = [ledger_rows.get(row.id) for row in rows]
+    columns: dict[str, list[Any]] = {f.name: [] for f in (*_HEAD, *_TAIL)}
+    for row, record in zip(rows, records, strict=True):
+        for name, value in _row_values(row, record, prices).items():
+            columns[name].append(value)
+
+    extra_fields, extra_arrays = _extra_columns(manifest)
+    schema = results_schema(extra_fields)
+    arrays: list[pa.Array] = []
+    extra_by_name = dict(zip((f.name for f in extra_fields), extra_arrays, strict=True))
+    for field in schema:
+        if field.name in extra_by_name:
+            arrays.append(extra_by_name[field.name])
+        else:
+            arrays.append(pa.array(columns[field.name], type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_results(table: pa.Table, out: Path) -> tuple[Path, Path]:
+    """Write `OUT/results.parquet` and `OUT/results.csv`, each replaced atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    parquet = _atomic_write(out / PARQUET_FILE, lambda f: pq.write_table(table, f))
+    csv_table = _for_spreadsheets(table)
+    csv = _atomic_write(out / CSV_FILE, lambda f: pacsv.write_csv(csv_table, f))
+    return parquet, csv
+
+
+def read_results(out: Path) -> pa.Table:
+    """The table last written to `OUT/results.parquet` (FileNotFoundError when none)."""
+    return pq.read_table(Path(out) / PARQUET_FILE)
+
+
+# --- one row ------------------------------------------------------------------------------
+
+
+def _row_values(
+    row: ManifestRow, record: RowRecord | None, prices: dict[str, float] | None
+) -> dict[str, Any]:
+    fields = row.fields
+    request = row.request
+    status = result_status(row, record)
+    values: dict[str, Any] = {
+        "id": row.id,
+        "prompt": _text(fields.get("prompt", request.prompt if request else None)),
+        "duration": _int32(fields.get("duration", request.duration if request else None)),
+        "resolution": _text(fields.get("resolution", request.resolution if request else None)),
+        "aspect_ratio": _text(
+            fields.get("aspect_ratio", request.aspect_ratio if request else None)
+        ),
+        "image_count": _int32(
+            fields.get("image_count", len(request.image_urls) if request else None)
+        ),
+        "status": status,
+    }
+    rec = record if record is not None else RowRecord(row_id=row.id, idx=row.index)
+    has_record = record is not None
+    estimated = rec.estimated_cost
+    if estimated is None and request is not None and status in _UNSENT:
+        estimated = spec.estimate_cost(request.resolution, request.duration, prices)
+    values.update(
+        error_code=rec.error_code,
+        error_message=rec.error_message,
+        task_id=rec.task_id,
+        attempt=rec.attempt if has_record else None,
+        cost=_float(rec.cost),
+        estimated_cost=_float(estimated),
+        submitted_at=_micros(rec.submitted_at),
+        completed_at=_micros(rec.api_completed),
+        generation_s=_float(rec.generation_s),
+        wait_s=_span(rec.submitted_at, rec.terminal_at),
+        polls=rec.polls if has_record else None,
+        download_s=_float(rec.download_s),
+        total_s=_span(rec.intent_at, _last_step(rec)) if rec.state in _SETTLED else None,
+        video_path=rec.video_path,
+        video_bytes=rec.video_bytes,
+        video_sha256=rec.video_sha256,
+        video_width=_int32(rec.video_width),
+        video_height=_int32(rec.video_height),
+        video_duration_s=_float(rec.video_duration_s),
+        url_expires_at=_micros(rec.url_expires_at),
+        run_id=rec.run_id,
+    )
+    if status == INVALID:
+        # Ledger facts (task, cost, files) stay: money spent on an earlier version of the row
+        # is still money spent. Only the verdict and its reason come from the manifest.
+        values["error_code"] = INVALID_ROW_CODE
+        values["error_message"] = "; ".join(f"{col}: {rule}" for col, rule in row.problems.items())
+    return values
+
+
+def _last_step(record: RowRecord) -> float | None:
+    ends = [t for t in (record.terminal_at, record.updated_at) if t is not None]
+    return max(ends) if ends else None
+
+
+def _span(start: float | None, end: float | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round(end - start, 6)
+
+
+def _text(value: object) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _float(value: object) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _int32(value: object) -> int | None:
+    """An int for an int32 column; raw values that are not whole numbers read as missing
+    (the row's problems already say what was wrong with them)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
+        try:
+            parsed = float(value.strip())
+        except ValueError:
+            return None
+        if not parsed.is_integer():
+            return None
+        number = int(parsed)
+    else:
+        return None
+    return number if -_INT32_MAX - 1 <= number <= _INT32_MAX else None
+
+
+def _micros(epoch_s: float | None) -> int | None:
+    """Epoch seconds as microseconds; the API's times are Unix seconds (docs and sandbox)."""
+    number = _float(epoch_s)
+    return None if number is None else round(number * 1_000_000)
+
+
+# --- carried-through manifest columns -------------------------------------------------------
+
+
+def _extra_columns(manifest: Manifest) -> tuple[list[pa.Field], list[pa.Array]]:
+    fields: list[pa.Field] = []
+    arrays: list[pa.Array] = []
+    # Manifest columns that collide with nothing keep their names; only a collision with a
+    # fixed column is renamed, to a name no other column holds.
+    taken = set(FIXED_COLUMNS) | set(manifest.extra_columns)
+    for column in manifest.extra_columns:
+        name = column
+        if column in FIXED_COLUMNS:
+            name = MANIFEST_PREFIX + column
+            while name in taken:
+                name = MANIFEST_PREFIX + name
+            taken.add(name)
+        array = _infer([row.extra.get(column) for row in manifest.rows])
+        fields.append(pa.field(name, array.type))
+        arrays.append(array)
+    return fields, arrays
+
+
+def _infer(values: list[Any]) -> pa.Array:
+    """Arrow's own type for the column, or text when its cells disagree on a type."""
+    try:
+        # from_pandas: a NaN from a pandas-read manifest means an empty cell, not a number.
+        array = pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+        array = pa.array([_text(v) for v in values], type=pa.string())
+    # An all-empty column has Arrow type null, which spreadsheets and pandas read back as
+    # strings anyway; say so up front so every table of one manifest has the same schema.
+    if pa.types.is_null(array.type):
+        array = array.cast(pa.string())
+    return array
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def _for_spreadsheets(table: pa.Table) -> pa.Table:
+    """Text cells defused against formula injection; timestamps as ISO 8601 UTC text."""
+    arrays: list[pa.ChunkedArray] = []
+    fields: list[pa.Field] = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            column = pc.replace_substring_regex(column, pattern=_FORMULA_START, replacement=r"'\1")
+        elif pa.types.is_timestamp(field.type):
+            if field.type.tz is None:
+                column = column.cast(pa.timestamp(field.type.unit, tz="UTC"))
+            column = pc.strftime(column, format="%Y-%m-%dT%H:%M:%SZ")
+        arrays.append(column)
+        fields.append(pa.field(field.name, column.type, field.nullable))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write beside the target, flush to disk, then rename over it: readers see old or new."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is only durable once the directory entry is on disk too.
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,150 @@
+"""What the tasks of one flow run share: client, ledger, manifest, brakes, fresh links.
+
+Prefect task parameters are plain strings (a run key and a row id): they show up in the UI and
+in task-run records, so nothing secret and nothing large (data URIs) travels through them. The
+objects themselves sit in a per-process registry under the run key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apimart import spec
+from apimart.client import AsyncAPIMartClient
+from apimart.models import Video
+from tasks.gate import Budget, SubmitGate
+from tasks.ledger import Ledger
+from tasks.manifest import Manifest, ManifestRow
+from tasks.options import RunOptions
+
+SECRET_BLOCK = "apimart-api-key"
+_log = logging.getLogger("videobatch")
+
+
+@dataclass
+class Runtime:
+    options: RunOptions
+    manifest: Manifest
+    ledger: Ledger
+    client: AsyncAPIMartClient
+    run_id: str
+    gate: SubmitGate
+    budget: Budget
+    out: Path
+    # Fresh signed links live only in memory: they are credentials and never stored.
+    links: dict[str, Video] = field(default_factory=dict)
+    on_row_done: Callable[[str, str], None] | None = None
+
+    def row(self, row_id: str) -> ManifestRow:
+        return self._rows[row_id]
+
+    def __post_init__(self) -> None:
+        self._rows = {r.id: r for r in self.manifest.rows}
+
+    def estimate(self, row: ManifestRow) -> float:
+        assert row.request is not None
+        return spec.estimate_cost(row.request.resolution, row.request.duration, self.options.prices)
+
+
+_REGISTRY: dict[str, Runtime] = {}
+
+
+@contextmanager
+def registered(runtime: Runtime) -> Iterator[str]:
+    key = uuid.uuid4().hex
+    _REGISTRY[key] = runtime
+    try:
+        yield key
+    finally:
+        _REGISTRY.pop(key, None)
+
+
+def get_runtime(key: str) -> Runtime:
+    try:
+        return _REGISTRY[key]
+    except KeyError:
+        raise RuntimeError(
+            f"no runtime {key!r} in this process: tasks must run in their flow's process"
+        ) from None
+
+
+def resolve_api_key() -> str | None:
+    """The key from APIMART_API_KEY, else the Prefect Secret block `apimart-api-key`."""
+    key = os.environ.get("APIMART_API_KEY")
+    if key:
+        return key
+    try:
+        from prefect.blocks.system import Secret
+
+        secret: Any = Secret.load(SECRET_BLOCK, _sync=True)  # type: ignore[call-arg]
+        return str(secret.get())
+    except Exception:
+        # No server, no block, or no access: the caller reports a missing key clearly.
+        return None
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """Prefect's run logger inside a run (so the UI shows it), a plain logger outside."""
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:
+        return _log
+
+
+class RedactingFilter(logging.Filter):
+    """Scrubs API keys and signed-URL queries from every record that passes a handler."""
+
+    _QUERY = re.compile(r"(https?://[^\s?#'\"]+)\?[^\s'\"]*")
+
+    def __init__(self, secrets: list[str] | None = None) -> None:
+        super().__init__()
+        self.secrets = [s for s in (secrets or []) if s]
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "<redacted>")
+        return self._QUERY.sub(r"\1?<redacted>", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = self.scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def install_redaction(*secrets: str | None) -> RedactingFilter:
+    """Attach one redacting filter to every handler of the root and Prefect loggers.
+
+    httpx logs full request URLs at INFO, so its loggers are held at WARNING as well.
+    """
+    flt = RedactingFilter([s for s in secrets if s])
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs", "videobatch", "apimart"):
+        for handler in logging.getLogger(name).handlers:
+            handler.filters = [f for f in handler.filters if not isinstance(f, RedactingFilter)]
+            handler.addFilter(flt)
+    return flt
+
+
+def new_run_id() -> str:
+    try:
+        from prefect.runtime import flow_run
+
+        run_id = flow_run.get_id()
+        if run_id:
+            return str(run_id)
+    except Exception:
+        pass
+    return uuid.uuid4().hex

@@ -1,0 +1,93 @@
+"""Setting a Prefect server up for videobatch: idempotent, so running it twice is harmless.
+
+Creates the process work pool, the global concurrency limit that keeps inbox runs apart, the
+Secret block holding the API key (from the environment, never from an argument that would end
+up in shell history), and the deployments of prefect.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks.runtime import SECRET_BLOCK
+
+WORK_POOL = "videobatch"
+INBOX_LIMIT = "videobatch-inbox"
+PROJECT_DIR_ENV = "VIDEOBATCH_PROJECT_DIR"
+
+# The server settings measured to keep up with thousands of task runs (prefect-notes.md).
+SERVER_ENV = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "500",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+@dataclass
+class SetupReport:
+    done: list[str] = field(default_factory=list)
+
+
+async def ensure_prefect_objects(api_key: str | None, *, pool: str = WORK_POOL) -> SetupReport:
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    report = SetupReport()
+    async with get_client() as client:
+        try:
+            await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            report.done.append(f"work pool {pool!r} created")
+        except ObjectAlreadyExists:
+            report.done.append(f"work pool {pool!r} already there")
+        try:
+            await client.read_global_concurrency_limit_by_name(INBOX_LIMIT)
+            report.done.append(f"concurrency limit {INBOX_LIMIT!r} already there")
+        except ObjectNotFound:
+            await client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=INBOX_LIMIT, limit=1)
+            )
+            report.done.append(f"concurrency limit {INBOX_LIMIT!r} created (limit 1)")
+    if api_key:
+        await Secret(value=api_key).save(SECRET_BLOCK, overwrite=True)
+        report.done.append(f"secret block {SECRET_BLOCK!r} saved from APIMART_API_KEY")
+    else:
+        report.done.append(f"no APIMART_API_KEY: secret block {SECRET_BLOCK!r} left as it is")
+    return report
+
+
+def deploy_all(project: Path) -> subprocess.CompletedProcess[str]:
+    """`prefect --no-prompt deploy --all` from prefect.yaml, pinned to this project folder."""
+    env = dict(os.environ)
+    env[PROJECT_DIR_ENV] = str(project.resolve())
+    return subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
+        cwd=project,
+        env=env,
+        text=True,
+        capture_output=True,
+        check=False,
+    )
+
+
+def server_command(host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of a local Prefect server tuned for many task runs."""
+    env = dict(os.environ)
+    for key, value in SERVER_ENV.items():
+        env.setdefault(key, value)
+    return [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ], env

@@ -1,0 +1,172 @@
+"""Submitting one row: the only step that spends money, so the only one never retried blindly.
+
+`submit_row` decides from the ledger whether the row may be sent at all, reserves its estimated
+cost, commits the intent (idempotency key) before the POST and the task id right after it.
+The Prefect task around it has no retries and no cache: a retry re-runs the body and could pay
+twice; resending is the ledger's decision, not Prefect's.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from apimart.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConnectError,
+    PaymentRequiredError,
+    RateLimitError,
+    SubmitOutcomeUnknown,
+)
+from tasks.ledger import DOUBTFUL, State, request_hash
+from tasks.runtime import Runtime, get_runtime, run_logger
+
+# How often one row is re-queued after 429s that outlasted the client's own retries.
+MAX_THROTTLED_ROUNDS = 8
+
+
+def submit_decision(runtime: Runtime, row_id: str) -> tuple[str, int] | str:
+    """(`send`, attempt) when the row should be POSTed now, else the state it keeps."""
+    row = runtime.row(row_id)
+    assert row.request is not None, "invalid rows are never submitted"
+    record = runtime.ledger.ensure(row_id, row.index)
+    options = runtime.options
+    if record.state in DOUBTFUL:
+        return ("send", record.attempt) if options.resubmit_unknown else State.UNKNOWN
+    if record.state in (State.FAILED, State.CANCELLED):
+        return ("send", record.attempt + 1) if options.retry_failed else record.state
+    if record.state == State.REJECTED and record.request_hash == request_hash(row.request):
+        return State.REJECTED  # the API refused this exact request; resending cannot help
+    if record.state in (
+        State.PENDING,
+        State.REJECTED,
+        State.SKIPPED_BUDGET,
+        State.SKIPPED_PAYMENT,
+    ):
+        return ("send", max(record.attempt, 1))
+    return record.state  # has a task: poll or download it, never pay again
+
+
+async def submit_row(runtime: Runtime, row_id: str) -> str:
+    """Send the row if the ledger allows it; return the row's state afterwards."""
+    decision = submit_decision(runtime, row_id)
+    if isinstance(decision, str):
+        return decision
+    _, attempt = decision
+    log = run_logger()
+    ledger, gate, row = runtime.ledger, runtime.gate, runtime.row(row_id)
+    assert row.request is not None
+    gate.check()
+    if gate.payment_exhausted:
+        ledger.update(row_id, "skipped", state=State.SKIPPED_PAYMENT)
+        return State.SKIPPED_PAYMENT
+    estimate = runtime.estimate(row)
+    record = runtime.ledger.get(row_id)
+    assert record is not None
+    # A doubtful row's estimate is already counted as money at risk by the ledger.
+    reserve = 0.0 if record.state in DOUBTFUL else estimate
+    if not runtime.budget.reserve(reserve):
+        ledger.update(
+            row_id,
+            "skipped",
+            state=State.SKIPPED_BUDGET,
+            estimated_cost=estimate,
+            error_code="budget",
+            error_message=f"estimated {estimate:.2f} would pass the cap {runtime.budget.cap}",
+        )
+        return State.SKIPPED_BUDGET
+
+    req_hash = request_hash(row.request)
+    reuse_key = record.state in DOUBTFUL and record.idempotency_key
+    key = record.idempotency_key if reuse_key else None
+    key = key or ledger.idempotency_key(row_id, req_hash, attempt)
+
+    for _ in range(MAX_THROTTLED_ROUNDS):
+        await gate.wait_turn()
+        gate.check()
+        if gate.payment_exhausted:
+            runtime.budget.release(reserve)
+            ledger.update(row_id, "skipped", state=State.SKIPPED_PAYMENT)
+            return State.SKIPPED_PAYMENT
+        ledger.record_intent(
+            row_id,
+            attempt=attempt,
+            req_hash=req_hash,
+            key=key,
+            estimated_cost=estimate,
+            run_id=runtime.run_id,
+        )
+        try:
+            result = await runtime.client.submit(row.request, idempotency_key=key)
+        except SubmitOutcomeUnknown as exc:
+            ledger.update(
+                row_id,
+                "outcome-unknown",
+                state=State.UNKNOWN,
+                error_code="submit_outcome_unknown",
+                error_message=f"{exc.cause}; not resent (use --resubmit-unknown)",
+            )
+            log.warning("row %s: submit outcome unknown (%s); money at risk", row_id, exc.cause)
+            return State.UNKNOWN
+        except RateLimitError as exc:
+            ledger.update(row_id, "throttled", state=State.PENDING, error_code="rate_limited")
+            pause = gate.throttled(exc.retry_after)
+            log.warning("row %s: throttled; all submits pause %.1fs", row_id, pause)
+            continue
+        except ConnectError as exc:
+            runtime.budget.release(reserve)
+            ledger.update(
+                row_id,
+                "not-sent",
+                state=State.PENDING,
+                error_code="connect",
+                error_message=str(exc),
+            )
+            log.error("row %s: API unreachable, row not sent: %s", row_id, exc)
+            return State.PENDING
+        except AuthenticationError:
+            runtime.budget.release(reserve)
+            ledger.update(row_id, "not-sent", state=State.PENDING, error_code="authentication")
+            gate.stop("authentication failed (401): check the API key")
+            raise
+        except PaymentRequiredError as exc:
+            runtime.budget.release(reserve)
+            gate.payment_exhausted = True
+            ledger.update(
+                row_id,
+                "payment-required",
+                state=State.SKIPPED_PAYMENT,
+                error_code="payment_required",
+                error_message=str(exc),
+            )
+            log.error("balance exhausted (402): no new submissions; in-flight tasks continue")
+            return State.SKIPPED_PAYMENT
+        except BadRequestError as exc:
+            runtime.budget.release(reserve)
+            ledger.update(
+                row_id,
+                "rejected",
+                state=State.REJECTED,
+                error_code=exc.error_type or "bad_request",
+                error_message=str(exc),
+            )
+            log.error("row %s: rejected by the API: %s", row_id, exc)
+            return State.REJECTED
+        ledger.record_submitted(row_id, task_id=result.task_id, status=result.status)
+        log.info("row %s: submitted as %s (attempt %d)", row_id, result.task_id, attempt)
+        return State.SUBMITTED
+    runtime.budget.release(reserve)
+    ledger.update(row_id, "not-sent", state=State.PENDING, error_code="rate_limited")
+    return State.PENDING
+
+
+@task(
+    name="submit",
+    task_run_name="submit-{row_id}",
+    retries=0,
+    cache_policy=NO_CACHE,
+    log_prints=False,
+)
+async def submit_task(run_key: str, row_id: str) -> str:
+    return await submit_row(get_runtime(run_key), row_id)

@@ -1,0 +1,88 @@
+"""Helpers shared by the client tests (imported by name: tests/ has no packages)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from apimart import AsyncAPIMartClient, RetryPolicy, Task
+from apimart.sandbox import Faults, RunningSandbox, SandboxConfig
+
+# A canary: test_client_secrets.py proves it never shows up in a message, repr or log record.
+API_KEY = "sk-CANARY-5e1f0c7d9a2b4e68"
+TIME_SCALE = 0.001
+_seeds = itertools.count(100)
+
+Sandbox = RunningSandbox
+MakeSandbox = Callable[..., RunningSandbox]
+
+
+def sandbox_config(faults: Faults | None = None, **options: Any) -> SandboxConfig:
+    options.setdefault("seed", next(_seeds))
+    options.setdefault("time_scale", TIME_SCALE)
+    return SandboxConfig(api_key=API_KEY, faults=faults or Faults(), **options)
+
+
+def client_for(sb: Sandbox | str, **options: Any) -> AsyncAPIMartClient:
+    options.setdefault("api_key", API_KEY)
+    options.setdefault("retry", RetryPolicy(attempts=3))
+    options.setdefault("timeout", 10.0)
+    return AsyncAPIMartClient(base_url=sb if isinstance(sb, str) else sb.url, **options)
+
+
+def unique(text: str = "a red fox running through snow") -> str:
+    """A prompt (or key) no other test uses, so per-prompt counters belong to one test."""
+    return f"{text} #{uuid.uuid4().hex[:12]}"
+
+
+async def wait_until_done(client: AsyncAPIMartClient, task_id: str, **kwargs: Any) -> Task:
+    for _ in range(2000):
+        task = await client.get_task(task_id, **kwargs)
+        if task.is_terminal:
+            return task
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"task {task_id} never finished")
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """A real HTTP transport that records each request it is handed (what left the client).
+
+    With `refuse_first=n` the first n requests are aimed at a closed local port instead, so
+    they fail to connect for real before the rest reach their server.
+    """
+
+    def __init__(self, *, refuse_first: int = 0) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.requests: list[httpx.Request] = []
+        self.refuse_first = refuse_first
+        self.port = closed_port()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if len(self.requests) <= self.refuse_first:
+            request.url = request.url.copy_with(port=self.port)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def count(self, method: str, path_part: str) -> int:
+        return sum(r.method == method and path_part in r.url.path for r in self.requests)
+
+
+def new_key() -> str:
+    """An idempotency key no other test uses."""
+    return f"row-{uuid.uuid4().hex}"

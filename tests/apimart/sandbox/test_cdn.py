@@ -1,0 +1,153 @@
+"""The CDN serves real, resumable MP4s behind signed, expiring links, and misbehaves on cue."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import numpy as np
+import pytest
+from sandbox_testkit import Api, data_uri, first_frame, png_bytes, probe
+
+from apimart.sandbox import FaultRule
+
+
+@pytest.mark.parametrize(
+    ("resolution", "aspect_ratio", "duration", "size"),
+    [
+        ("720p", "16:9", 4, (1280, 720)),
+        ("1080p", "9:16", 6, (1080, 1920)),
+        ("4K", "16:9", 10, (3840, 2160)),
+    ],
+)
+def test_video_has_the_requested_size_and_duration(
+    api: Api, resolution: str, aspect_ratio: str, duration: int, size: tuple[int, int]
+) -> None:
+    url, _ = api.completed_url(resolution=resolution, aspect_ratio=aspect_ratio, duration=duration)
+    response = api.download(url)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "video/mp4"
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert response.headers["accept-ranges"] == "bytes"
+    width, height, seconds, codec, pixels = probe(response.content)
+    assert (width, height) == size
+    assert seconds == pytest.approx(duration, abs=0.01)
+    assert (codec, pixels) == ("h264", "yuv420p")
+
+
+def test_range_resume_gives_identical_bytes(api: Api) -> None:
+    url, data = api.completed_url()
+    whole = api.download(url).content
+    cut = len(whole) // 3
+    tail = api.download(url, Range=f"bytes={cut}-")
+    assert tail.status_code == 206
+    assert tail.headers["content-range"] == f"bytes {cut}-{len(whole) - 1}/{len(whole)}"
+    assert whole[:cut] + tail.content == whole
+    middle = api.download(url, Range="bytes=10-19")
+    assert middle.status_code == 206 and middle.content == whole[10:20]
+    beyond = api.download(url, Range=f"bytes={len(whole)}-")
+    assert beyond.status_code == 416
+    assert beyond.headers["content-range"] == f"bytes */{len(whole)}"
+    stats = api.sb.state.stats()
+    assert stats["downloads_by_task"] == {data["id"]: 4}
+    assert stats["bytes_served"] == len(whole) + len(tail.content) + 10
+
+
+def test_truncated_download_then_resume(api: Api) -> None:
+    url, _ = api.completed_url()
+    whole = api.download(url).content
+    api.sb.config.faults.download_truncate = FaultRule(rate=1, times=1)
+    received = bytearray()
+    with pytest.raises(httpx.RemoteProtocolError), httpx.stream("GET", url) as response:
+        assert int(response.headers["content-length"]) == len(whole)
+        for chunk in response.iter_bytes():
+            received.extend(chunk)
+    assert 0 < len(received) < len(whole)
+    rest = api.download(url, Range=f"bytes={len(received)}-")
+    assert rest.status_code == 206
+    assert bytes(received) + rest.content == whole
+
+
+def test_expired_url_is_403_and_a_later_query_hands_out_a_fresh_one(api: Api) -> None:
+    api.sb.config.faults.expired_urls = FaultRule(rate=1, times=1)
+    url, data = api.completed_url()
+    assert data["result"]["videos"][0]["expires_at"] < time.time()
+    refused = api.download(url)
+    assert refused.status_code == 403
+    assert refused.headers["content-type"].startswith("application/xml")
+    assert b"<Error>" in refused.content and b"expired" in refused.content
+    again = api.get(data["id"]).json()["data"]
+    fresh = api.video_url(again)
+    assert fresh != url
+    assert again["result"]["videos"][0]["expires_at"] > time.time()
+    assert api.download(fresh).status_code == 200
+
+
+def test_url_expires_naturally_after_its_ttl(api: Api) -> None:
+    api.sb.config.url_ttl_s = 0.2
+    url, data = api.completed_url()
+    assert api.download(url).status_code == 200
+    time.sleep(max(0.0, data["result"]["videos"][0]["expires_at"] - time.time()) + 0.05)
+    assert api.download(url).status_code == 403
+    assert api.video_url(api.get(data["id"]).json()["data"]) != url
+
+
+def test_forged_or_missing_signature_is_403(api: Api) -> None:
+    url, _ = api.completed_url()
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    base = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    later = int(query["expires"][0]) + 10
+    for params in (
+        {"expires": query["expires"][0], "sig": "0" * 32},
+        {"expires": str(later), "sig": query["sig"][0]},
+        {"expires": query["expires"][0]},
+        {},
+    ):
+        response = httpx.get(base, params=params)
+        assert response.status_code == 403
+        assert b"<Error>" in response.content
+    other = base.replace(".mp4", "x.mp4")
+    assert httpx.get(other, params=query).status_code == 403
+    assert api.sb.state.stats()["downloads_by_task"] == {}
+
+
+def test_html_page_instead_of_video(api: Api) -> None:
+    api.sb.config.faults.download_html = FaultRule(rate=1, times=1)
+    url, _ = api.completed_url()
+    page = api.download(url)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.content.lstrip().startswith(b"<!DOCTYPE html>")
+    assert api.download(url).headers["content-type"] == "video/mp4"
+
+
+def test_trickle_slows_the_download(api: Api) -> None:
+    url, _ = api.completed_url(duration=4)
+    size = len(api.download(url).content)
+    api.sb.config.faults.trickle_bytes_per_s = size * 2
+    started = time.monotonic()
+    assert len(api.download(url).content) == size
+    assert time.monotonic() - started >= 0.4
+
+
+def test_reference_image_shows_in_the_first_frame(api: Api) -> None:
+    image = data_uri(png_bytes(320, 240, (0, 0, 255)))
+    ids = [
+        api.create(prompt="same words", image_urls=[image]),
+        api.create(prompt="same words"),
+        api.create(prompt="same words", image_urls=["https://example.com/x.png"]),
+    ]
+    a, b, c = (
+        first_frame(api.download(api.video_url(api.wait(i))).content).astype(int) for i in ids
+    )
+    assert a.shape == b.shape == c.shape
+
+    # The image is half pure green; the frames without it have white text on dark blue only.
+    def green(frame: np.ndarray) -> float:
+        return float(((frame[..., 1] > 200) & (frame[..., 0] < 80)).mean())
+
+    assert green(a) > 0.1
+    assert green(b) == green(c) == 0
+    assert np.abs(a - b).mean() > 20

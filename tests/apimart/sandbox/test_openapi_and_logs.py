@@ -1,0 +1,61 @@
+"""The published schema shows exactly the emulated routes; no log record leaks a secret."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+from sandbox_testkit import Api
+
+from apimart.sandbox import FaultRule, SandboxConfig, create_app
+
+
+def test_openapi_lists_exactly_the_three_routes(api: Api) -> None:
+    document = api.http.get("/openapi.json").json()
+    assert set(document["paths"]) == {
+        "/v1/videos/generations",
+        "/v1/tasks/{task_id}",
+        "/cdn/videos/{token}.mp4",
+    }
+    assert set(document["paths"]["/v1/videos/generations"]) == {"post"}
+    submit = document["paths"]["/v1/videos/generations"]["post"]
+    schema = submit["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["model", "prompt"]
+    assert schema["properties"]["duration"]["enum"] == [4, 6, 8, 10]
+
+
+def test_create_app_without_a_server() -> None:
+    app = create_app(SandboxConfig())
+    assert {getattr(r, "path", "") for r in app.routes} >= {"/_sandbox/stats", "/_sandbox/reset"}
+
+
+def test_no_log_record_carries_the_key_or_a_signature(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    api.sb.config.api_key = "sk-LOG-CANARY-0123456789"
+    api.http.headers["Authorization"] = "Bearer sk-LOG-CANARY-0123456789"
+    caplog.set_level(logging.DEBUG)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "httpx", "httpcore", "apimart"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    api.sb.config.faults.download_truncate = FaultRule(rate=1, times=1)
+    api.sb.config.faults.submit_drop_after_create = FaultRule(rate=1, times=1)
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.submit(key="row-log")
+    api.sb.config.faults.submit_drop_after_create = FaultRule()
+    url, _ = api.completed_url()
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.download(url)
+    assert api.download(url).status_code == 200
+    signature = url.split("sig=")[1]
+    records = [r for r in caplog.records if r.name.split(".")[0] != "httpx"]
+    assert records, "expected the sandbox and httpcore to log something"
+    for record in records:
+        text = record.getMessage() + str(record.args)
+        assert "sk-LOG-CANARY" not in text
+        assert "sig=" not in text and signature not in text, record.name
+    # The deliberate drops are not reported as server errors.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # httpx itself logs full URLs at INFO: a client must keep that logger at WARNING.
+    httpx_lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert any("sig=" in line for line in httpx_lines)

@@ -1,0 +1,71 @@
+"""render_mp4 makes genuine H.264 files of the exact size and length, fast enough for 4k."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sandbox_testkit import first_frame, png_bytes, probe
+
+from apimart.sandbox import render_mp4
+from apimart.sandbox.font import text_mask, wrap
+from apimart.sandbox.render import encoder_name
+
+
+def test_an_h264_encoder_is_available() -> None:
+    assert encoder_name() in ("libx264", "h264", "libopenh264")
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "duration", "fps"),
+    [(1280, 720, 4, 2), (720, 1280, 8, 2), (1920, 1080, 6, 5), (64, 36, 10, 1)],
+)
+def test_exact_size_and_duration(width: int, height: int, duration: int, fps: int) -> None:
+    video = render_mp4(width, height, duration, fps=fps, text=f"size test {width}x{height}")
+    assert probe(video) == (width, height, pytest.approx(duration, abs=0.01), "h264", "yuv420p")
+
+
+def test_4k_ten_seconds_renders_quickly() -> None:
+    started = time.perf_counter()
+    video = render_mp4(3840, 2160, 10, text="4k timing " + str(time.time()), image=png_bytes())
+    elapsed = time.perf_counter() - started
+    assert probe(video)[:2] == (3840, 2160)
+    assert elapsed < 3.0
+
+
+def test_cached_in_memory_and_on_disk(tmp_path: Path) -> None:
+    args = (640, 360, 4)
+    first = render_mp4(*args, text="cache me", cache_dir=tmp_path)
+    assert list(tmp_path.glob("*.mp4"))
+    started = time.perf_counter()
+    assert render_mp4(*args, text="cache me", cache_dir=tmp_path) == first
+    assert render_mp4(*args, text="cache me") == first
+    assert time.perf_counter() - started < 0.05
+
+
+def test_text_changes_the_first_frame() -> None:
+    a = first_frame(render_mp4(640, 360, 4, text="TASK_A"))
+    b = first_frame(render_mp4(640, 360, 4, text="TASK_B"))
+    assert not np.array_equal(a, b)
+    # White text is drawn near the top-left corner.
+    assert (a[:60, :300] > 200).all(axis=2).any()
+
+
+def test_undecodable_image_still_renders() -> None:
+    video = render_mp4(640, 360, 4, text="bad image", image=b"not an image")
+    assert probe(video)[:2] == (640, 360)
+
+
+def test_odd_sizes_are_refused() -> None:
+    with pytest.raises(ValueError):
+        render_mp4(641, 360, 4, text="odd")
+
+
+def test_font_and_wrap() -> None:
+    assert text_mask("AB", 2).shape == (14, 24)
+    assert text_mask("a", 1).tolist() == text_mask("A", 1).tolist()
+    assert text_mask("~", 1).tolist() == text_mask("?", 1).tolist()
+    assert wrap("one two three four", 9, 5) == ["one two", "three", "four"]
+    assert wrap("x" * 25, 10, 2) == ["x" * 10, "xxxxxxx..."]

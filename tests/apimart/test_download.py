@@ -1,0 +1,251 @@
+"""Downloads from the sandbox's CDN: whole, resumed, refused, and never half-written."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import av
+import httpx
+import pytest
+from apimart_testkit import (
+    API_KEY,
+    CountingTransport,
+    MakeSandbox,
+    Sandbox,
+    client_for,
+    new_key,
+    unique,
+    wait_until_done,
+)
+
+from apimart import (
+    AsyncAPIMartClient,
+    DownloadError,
+    DownloadIntegrityError,
+    LinkExpiredError,
+    Video,
+    VideoRequest,
+)
+from apimart.sandbox import FaultRule, Faults
+
+ALWAYS = FaultRule(rate=1.0)
+
+
+async def finished_video(client: AsyncAPIMartClient, **fields: object) -> Video:
+    request = VideoRequest.build(prompt=unique(), duration=4, **fields)  # type: ignore[arg-type]
+    result = await client.submit(request, idempotency_key=new_key())
+    task = await wait_until_done(client, result.task_id)
+    assert task.videos, task
+    return task.videos[0]
+
+
+def reference_bytes(url: str) -> bytes:
+    """The video as a plain GET sees it, independent of our client."""
+    response = httpx.get(url)
+    response.raise_for_status()
+    return response.content
+
+
+def decodes(path: Path) -> tuple[int, int, int]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return stream.width, stream.height, frames
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+async def test_download_whole_video(sandbox: Sandbox, tmp_path: Path) -> None:
+    async with client_for(sandbox) as client:
+        video = await finished_video(client, resolution="720p", aspect_ratio="9:16")
+        dest = tmp_path / "out" / "clip.mp4"
+        result = await client.download(video.url, dest, expires_at=video.expires_at)
+        data = dest.read_bytes()
+        assert result.path == dest and result.bytes == len(data) > 1000
+        assert result.sha256 == hashlib.sha256(data).hexdigest()
+        assert data == reference_bytes(video.url)
+        width, height, frames = decodes(dest)
+        assert (width, height) == (720, 1280) and frames > 0
+        assert leftovers(dest.parent) == ["clip.mp4"]
+
+
+async def test_download_sends_no_api_key_to_the_cdn(sandbox: Sandbox, tmp_path: Path) -> None:
+    transport = CountingTransport()
+    async with client_for(sandbox, transport=transport) as client:
+        video = await finished_video(client)
+        await client.download(video.url, tmp_path / "a.mp4")
+    cdn = [r for r in transport.requests if "/cdn/" in r.url.path]
+    api = [r for r in transport.requests if r.url.path.startswith("/v1/")]
+    assert cdn and api
+    assert all("authorization" in r.headers for r in api)
+    assert not any("authorization" in r.headers for r in cdn)
+    assert not any(API_KEY in str(r.headers) + str(r.url) for r in cdn)
+
+
+async def test_download_replaces_an_existing_file(sandbox: Sandbox, tmp_path: Path) -> None:
+    async with client_for(sandbox) as client:
+        video = await finished_video(client)
+        dest = tmp_path / "clip.mp4"
+        dest.write_bytes(b"old")
+        result = await client.download(video.url, dest)
+        assert dest.stat().st_size == result.bytes > 3
+        assert leftovers(tmp_path) == ["clip.mp4"]
+
+
+@pytest.mark.parametrize("cuts", [1, 3])
+async def test_truncated_transfer_resumes_byte_identical(
+    make_sandbox: MakeSandbox, tmp_path: Path, cuts: int
+) -> None:
+    sb = make_sandbox(Faults(download_truncate=FaultRule(rate=1.0, times=cuts)))
+    transport = CountingTransport()
+    async with client_for(sb, transport=transport) as client:
+        video = await finished_video(client, resolution="1080p")
+        result = await client.download(video.url, tmp_path / "clip.mp4")
+    cdn = [r for r in transport.requests if "/cdn/" in r.url.path]
+    assert len(cdn) == cuts + 1
+    assert "range" not in cdn[0].headers
+    assert all(r.headers["range"].startswith("bytes=") for r in cdn[1:])
+    expected = reference_bytes(video.url)
+    data = (tmp_path / "clip.mp4").read_bytes()
+    assert data == expected and result.bytes == len(expected)
+    assert result.sha256 == hashlib.sha256(expected).hexdigest()
+    assert decodes(tmp_path / "clip.mp4")[:2] == (1920, 1080)
+    assert leftovers(tmp_path) == ["clip.mp4"]
+
+
+@pytest.mark.parametrize(
+    ("faults", "match"),
+    [(Faults(download_truncate=ALWAYS), "short body"), (Faults(download_html=ALWAYS), "text/html")],
+    ids=["always-short", "html"],
+)
+async def test_bad_bodies_are_rejected_and_nothing_kept(
+    make_sandbox: MakeSandbox, tmp_path: Path, faults: Faults, match: str
+) -> None:
+    sb = make_sandbox(faults)
+    async with client_for(sb) as client:
+        video = await finished_video(client)
+        with pytest.raises(DownloadIntegrityError, match=match):
+            await client.download(video.url, tmp_path / "clip.mp4")
+    assert leftovers(tmp_path) == []
+
+
+async def test_max_bytes_is_enforced(sandbox: Sandbox, tmp_path: Path) -> None:
+    async with client_for(sandbox) as client:
+        video = await finished_video(client)
+        with pytest.raises(DownloadIntegrityError, match="limit"):
+            await client.download(video.url, tmp_path / "clip.mp4", max_bytes=1000)
+        assert leftovers(tmp_path) == []
+
+
+async def test_expired_link_is_refused_without_a_request(
+    make_sandbox: MakeSandbox, tmp_path: Path
+) -> None:
+    sb = make_sandbox(Faults(expired_urls=ALWAYS))
+    transport = CountingTransport()
+    async with client_for(sb, transport=transport) as client:
+        video = await finished_video(client)
+        assert video.expires_at is not None and video.expires_at < time.time()
+        with pytest.raises(LinkExpiredError):
+            await client.download(video.url, tmp_path / "a.mp4", expires_at=video.expires_at)
+        assert not any("/cdn/" in r.url.path for r in transport.requests)
+        # Without the hint the CDN's 403 says the same.
+        with pytest.raises(LinkExpiredError, match="403"):
+            await client.download(video.url, tmp_path / "a.mp4")
+    assert leftovers(tmp_path) == []
+
+
+async def test_deadline_is_enforced(make_sandbox: MakeSandbox, tmp_path: Path) -> None:
+    sb = make_sandbox(Faults(trickle_bytes_per_s=20_000))
+    async with client_for(sb) as client:
+        video = await finished_video(client)
+        started = time.monotonic()
+        with pytest.raises(DownloadError, match="deadline"):
+            await client.download(video.url, tmp_path / "clip.mp4", deadline_s=0.5)
+        assert time.monotonic() - started < 3.0
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://cdn.example.com/v.mp4?expires=1&sig=SECRETSIG",
+        "ftp://127.0.0.1/v.mp4?sig=SECRETSIG",
+        "file:///etc/passwd?sig=SECRETSIG",
+        "https:///nohost.mp4?sig=SECRETSIG",
+    ],
+)
+async def test_insecure_urls_are_refused(sandbox: Sandbox, tmp_path: Path, url: str) -> None:
+    async with client_for(sandbox) as client:
+        with pytest.raises(DownloadError) as caught:
+            await client.download(url, tmp_path / "a.mp4")
+        assert "SECRETSIG" not in str(caught.value)
+        assert leftovers(tmp_path) == []
+
+
+async def test_loopback_http_only_for_a_loopback_api(tmp_path: Path) -> None:
+    async with AsyncAPIMartClient(base_url="https://api.apimart.ai", api_key=API_KEY) as client:
+        with pytest.raises(DownloadError, match="only https"):
+            await client.download("http://127.0.0.1:1/cdn/videos/x.mp4?sig=S", tmp_path / "a.mp4")
+
+
+# The sandbox's CDN always honours Range and always sends a video type; the cases below need a
+# server that does not, so a stand-in server plays the CDN.
+
+BODY = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 64
+
+
+class _CutStream(httpx.AsyncByteStream):
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.data
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete body")
+
+
+async def test_range_answered_with_200_restarts_from_zero(tmp_path: Path) -> None:
+    seen: list[httpx.Request] = []
+
+    def cdn(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        headers = {"Content-Type": "video/mp4", "Content-Length": str(len(BODY))}
+        if len(seen) == 1:
+            return httpx.Response(200, headers=headers, stream=_CutStream(BODY[:1000]))
+        return httpx.Response(200, headers=headers, content=BODY)
+
+    async with client_for("http://127.0.0.1:9", transport=httpx.MockTransport(cdn)) as client:
+        result = await client.download("http://127.0.0.1:9/v.mp4?sig=x", tmp_path / "v.mp4")
+    assert seen[1].headers["range"] == "bytes=1000-"
+    assert (tmp_path / "v.mp4").read_bytes() == BODY
+    assert result.sha256 == hashlib.sha256(BODY).hexdigest()
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain", "image/png"])
+async def test_non_video_types_are_rejected(tmp_path: Path, content_type: str) -> None:
+    def cdn(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Type": content_type}, content=BODY)
+
+    async with client_for("http://127.0.0.1:9", transport=httpx.MockTransport(cdn)) as client:
+        with pytest.raises(DownloadIntegrityError, match="not a video"):
+            await client.download("http://127.0.0.1:9/v.mp4", tmp_path / "v.mp4")
+    assert leftovers(tmp_path) == []
+
+
+async def test_max_bytes_without_a_content_length(tmp_path: Path) -> None:
+    class Chunked(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for _ in range(100):
+                yield BODY
+
+    def cdn(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Type": "video/mp4"}, stream=Chunked())
+
+    async with client_for("http://127.0.0.1:9", transport=httpx.MockTransport(cdn)) as client:
+        with pytest.raises(DownloadIntegrityError, match="limit"):
+            await client.download("http://127.0.0.1:9/v.mp4", tmp_path / "v.mp4", max_bytes=50_000)
+    assert leftovers(tmp_path) == []

@@ -1,0 +1,116 @@
+"""The error tree's mapping of HTTP answers, and the helpers that keep secrets out of it."""
+
+from __future__ import annotations
+
+import email.utils
+
+import httpx
+import pytest
+
+from apimart import errors
+
+URL = "https://api.apimart.ai/v1/videos/generations"
+
+
+def answer(
+    status: int, body: object = None, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    request = httpx.Request("POST", URL)
+    if body is None:
+        return httpx.Response(status, headers=headers, request=request)
+    return httpx.Response(status, json=body, headers=headers, request=request)
+
+
+def api_error(status: int, kind: str, message: str = "nope") -> dict[str, object]:
+    return {"code": status, "error": {"type": kind, "message": message}}
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "cls"),
+    [
+        (400, "invalid_request_error", errors.BadRequestError),
+        (400, "invalid_duration", errors.BadRequestError),
+        (400, "invalid_resolution", errors.BadRequestError),
+        (400, "unsupported_image_count", errors.BadRequestError),
+        (401, "authentication_error", errors.AuthenticationError),
+        (402, "payment_required", errors.PaymentRequiredError),
+        (404, "not_found", errors.NotFoundError),
+        (418, "teapot", errors.BadRequestError),
+        (500, "server_error", errors.ServerError),
+        (503, "overloaded", errors.ServerError),
+    ],
+)
+def test_status_maps_to_one_error(status: int, kind: str, cls: type[errors.APIStatusError]) -> None:
+    with pytest.raises(cls) as caught:
+        errors.raise_for_response(answer(status, api_error(status, kind, "why it failed")))
+    assert type(caught.value) is cls
+    assert caught.value.status_code == status
+    assert caught.value.error_type == kind
+    assert "why it failed" in str(caught.value)
+
+
+def test_success_raises_nothing() -> None:
+    errors.raise_for_response(answer(200, {"code": 200, "data": []}))
+
+
+def test_rate_limit_carries_retry_after() -> None:
+    with pytest.raises(errors.RateLimitError) as caught:
+        errors.raise_for_response(
+            answer(429, api_error(429, "rate_limit_error"), {"Retry-After": "7"})
+        )
+    assert caught.value.retry_after == 7.0
+    assert caught.value.error_type == "rate_limit_error"
+
+
+def test_error_body_that_is_not_json_still_maps() -> None:
+    response = httpx.Response(
+        502, text="<html>bad gateway</html>", request=httpx.Request("GET", URL)
+    )
+    with pytest.raises(errors.ServerError) as caught:
+        errors.raise_for_response(response)
+    assert caught.value.error_type is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, None), ("", None), ("3", 3.0), (" 2.5 ", 2.5), ("-4", 0.0), ("soon", None)],
+)
+def test_parse_retry_after_seconds(value: str | None, expected: float | None) -> None:
+    assert errors.parse_retry_after(value) == expected
+
+
+def test_parse_retry_after_http_date() -> None:
+    now = 1_700_000_000.0
+    header = email.utils.formatdate(now + 30, usegmt=True)
+    assert errors.parse_retry_after(header, now=now) == pytest.approx(30.0)
+    assert errors.parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
+
+
+def test_redact_url_drops_the_signature() -> None:
+    signed = "https://cdn.example/videos/a.mp4?expires=1&sig=SECRETSIG#frag"
+    shown = errors.redact_url(signed)
+    assert "SECRETSIG" not in shown and "frag" not in shown
+    assert shown.startswith("https://cdn.example/videos/a.mp4")
+    assert errors.redact_url("https://cdn.example/a.mp4") == "https://cdn.example/a.mp4"
+
+
+def test_messages_of_status_errors_redact_the_url() -> None:
+    request = httpx.Request("GET", "https://cdn.example/a.mp4?sig=SECRETSIG")
+    with pytest.raises(errors.APIStatusError) as caught:
+        errors.raise_for_response(httpx.Response(400, request=request))
+    assert "SECRETSIG" not in str(caught.value)
+
+
+def test_submit_outcome_unknown_names_its_key() -> None:
+    error = errors.SubmitOutcomeUnknown("lost", idempotency_key="row-7", cause="ReadTimeout")
+    assert error.idempotency_key == "row-7" and error.cause == "ReadTimeout"
+    assert "row-7" in str(error)
+
+
+def test_tree() -> None:
+    assert issubclass(errors.ConnectError, errors.TransportError)
+    assert issubclass(errors.LinkExpiredError, errors.DownloadError)
+    assert issubclass(errors.DownloadIntegrityError, errors.DownloadError)
+    assert issubclass(errors.RequestValidationError, ValueError)
+    for cls in (errors.SubmitOutcomeUnknown, errors.ProtocolError, errors.APIStatusError):
+        assert issubclass(cls, errors.APIMartError)

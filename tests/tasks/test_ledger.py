@@ -1,0 +1,139 @@
+"""The ledger: durable, locked, and strict about the order of the two money writes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from apimart.models import VideoRequest
+from tasks.ledger import (
+    FolderLock,
+    Ledger,
+    LedgerLocked,
+    State,
+    open_ledger,
+    request_hash,
+)
+
+
+def test_intent_then_task_id_survive_reopen(tmp_path: Path) -> None:
+    with Ledger(tmp_path) as ledger:
+        ledger.ensure("a", 0)
+        key = ledger.idempotency_key("a", "hash", 1)
+        ledger.record_intent(
+            "a", attempt=1, req_hash="hash", key=key, estimated_cost=0.2, run_id="r1"
+        )
+        ledger.record_submitted("a", task_id="task_1", status="submitted")
+    with Ledger(tmp_path) as ledger:
+        record = ledger.get("a")
+        assert record is not None
+        assert (record.state, record.task_id, record.idempotency_key) == (
+            State.SUBMITTED,
+            "task_1",
+            key,
+        )
+        kinds = [e["kind"] for e in ledger.events("a")]
+        assert kinds == ["intent", "submitted"]
+
+
+def test_ledger_is_wal_with_full_sync(tmp_path: Path) -> None:
+    Ledger(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "ledger.sqlite")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_idempotency_key_is_stable_per_attempt_and_folder(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "one") as one, Ledger(tmp_path / "two") as two:
+        k1 = one.idempotency_key("row", "h", 1)
+        assert k1 == one.idempotency_key("row", "h", 1)
+        assert k1 != one.idempotency_key("row", "h", 2)
+        assert k1 != one.idempotency_key("row", "h2", 1)
+        assert k1 != two.idempotency_key("row", "h", 1)  # another folder, another key
+        assert 1 <= len(k1) <= 191 and k1.isascii() and k1.isprintable() and " " not in k1
+
+
+def test_request_hash_follows_the_request() -> None:
+    a = VideoRequest.build(prompt="x", resolution="1080P")
+    b = VideoRequest.build(prompt="x", resolution="1080p")
+    c = VideoRequest.build(prompt="x", resolution="720p")
+    assert request_hash(a) == request_hash(b) != request_hash(c)
+
+
+def _die_mid_post(folder: str) -> None:
+    ledger = Ledger(folder)
+    ledger.ensure("row", 0)
+    ledger.record_intent(
+        "row", attempt=1, req_hash="h", key="vb-row-a1-x", estimated_cost=0.1, run_id="r"
+    )
+    os.kill(os.getpid(), signal.SIGKILL)  # the POST never got its answer recorded
+
+
+def test_a_crash_between_intent_and_task_id_becomes_unknown(tmp_path: Path) -> None:
+    proc = multiprocessing.get_context("fork").Process(target=_die_mid_post, args=(str(tmp_path),))
+    proc.start()
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+    with open_ledger(tmp_path) as ledger:
+        record = ledger.get("row")
+        assert record is not None
+        assert record.state == State.UNKNOWN
+        assert record.idempotency_key == "vb-row-a1-x"
+        assert ledger.committed_cost() == pytest.approx(0.1)  # money at risk counts
+
+
+def _hold_lock(folder: str, ready: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
+    FolderLock(Path(folder)).acquire()
+    ready.set()
+    signal.pause()
+
+
+def test_folder_lock_refuses_a_second_run_and_frees_on_death(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_hold_lock, args=(str(tmp_path), ready))
+    proc.start()
+    assert ready.wait(10)
+    with pytest.raises(LedgerLocked, match=f"pid {proc.pid}"):
+        FolderLock(tmp_path).acquire()
+    proc.kill()
+    proc.join()
+    with FolderLock(tmp_path):  # the dead holder's lock is gone with it
+        pass
+
+
+def test_committed_cost_counts_real_costs_and_estimates_at_risk(tmp_path: Path) -> None:
+    with Ledger(tmp_path) as ledger:
+        for i, (state, est, cost) in enumerate(
+            [
+                (State.DOWNLOADED, 0.2, 0.25),
+                (State.SUBMITTED, 0.2, None),
+                (State.UNKNOWN, 0.4, None),
+                (State.FAILED, 0.2, 0.0),
+                (State.SKIPPED_BUDGET, 0.2, None),
+                (State.REJECTED, 0.2, None),
+            ]
+        ):
+            ledger.ensure(f"r{i}", i)
+            ledger.update(f"r{i}", state=state, estimated_cost=est, cost=cost)
+        assert ledger.committed_cost() == pytest.approx(0.25 + 0.2 + 0.4)
+        assert ledger.spent() == pytest.approx(0.25)
+        assert ledger.counts()[State.DOWNLOADED] == 1
+
+
+def test_update_refuses_unknown_columns_and_rows(tmp_path: Path) -> None:
+    with Ledger(tmp_path) as ledger:
+        ledger.ensure("a", 0)
+        with pytest.raises(KeyError):
+            ledger.update("a", nonsense=1)
+        with pytest.raises(KeyError):
+            ledger.update("missing", state=State.PENDING)
+
+
+def test_readonly_ledger_needs_an_existing_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nothing was run"):
+        Ledger(tmp_path / "none", readonly=True)

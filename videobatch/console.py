@@ -1,0 +1,304 @@
+"""What each command prints, and the exit code it returns. Imports of Prefect stay lazy here:
+`videobatch --help` and `videobatch validate` should not pay for starting it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tasks.options import RunOptions
+
+if TYPE_CHECKING:
+    from tasks.manifest import Manifest
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_STOPPED = 0, 1, 2
+SANDBOX_TIME_SCALE = 0.04
+
+out_console = Console()
+err = Console(stderr=True)
+
+# Ledger states that need no more work in this run.
+_DONE_STATES = (
+    "downloaded",
+    "failed",
+    "cancelled",
+    "rejected",
+    "download_failed",
+    "skipped_budget",
+    "skipped_payment",
+    "unknown",
+    "timeout",
+)
+
+
+def _manifest_or_exit(path: str) -> Manifest | None:
+    from tasks.manifest import ManifestError, read_manifest
+
+    try:
+        return read_manifest(path)
+    except ManifestError as exc:
+        err.print(f"[bold red]cannot read the manifest:[/] {exc}")
+        return None
+
+
+def dry_run(options: RunOptions) -> int:
+    from tasks.run import estimate_run
+
+    manifest = _manifest_or_exit(options.manifest)
+    if manifest is None:
+        return EXIT_STOPPED
+    for row in manifest.invalid_rows:
+        out_console.print(f"[red]✗[/] {row.message}", highlight=False)
+    est = estimate_run(manifest, options)
+    out_console.print(
+        f"{est.rows} rows: [green]{est.valid} valid[/], [red]{est.invalid} invalid[/]. "
+        f"{est.valid} videos, estimated cost {est.cost:.2f} "
+        f"(price table is an estimate), about {est.minutes_low:.0f}-{est.minutes_high:.0f} min "
+        f"at concurrency {options.concurrency}. Nothing was sent."
+    )
+    return EXIT_OK if est.invalid == 0 else EXIT_INCOMPLETE
+
+
+@contextmanager
+def _sandbox_if_needed(options: RunOptions, forced: bool) -> Iterator[RunOptions]:
+    """With --sandbox, or with neither a key nor an endpoint, run against the emulator."""
+    no_endpoint = not (options.base_url or os.environ.get("APIMART_BASE_URL"))
+    if not forced and (os.environ.get("APIMART_API_KEY") or not no_endpoint):
+        yield options
+        return
+    from apimart.sandbox import SandboxConfig, run_in_thread
+
+    config = SandboxConfig(api_key="sk-sandbox-local", time_scale=SANDBOX_TIME_SCALE)
+    with run_in_thread(config) as sandbox:
+        err.print(
+            "[bold yellow]SANDBOX: no API key and no endpoint given, so this run uses the "
+            f"offline emulator at {sandbox.url}. No real videos are made and nothing is paid.[/]"
+        )
+        previous = os.environ.get("APIMART_API_KEY")
+        os.environ["APIMART_API_KEY"] = config.api_key
+        try:
+            yield options.model_copy(
+                update={"base_url": sandbox.url, "poll_initial_delay": 1.0, "poll_interval": 1.0}
+            )
+        finally:
+            if previous is None:
+                os.environ.pop("APIMART_API_KEY", None)
+            else:
+                os.environ["APIMART_API_KEY"] = previous
+
+
+class _Watcher:
+    """Shows progress by reading the ledger (read-only) beside the running flow."""
+
+    def __init__(self, out: Path, total: int) -> None:
+        self.out, self.total = out, total
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _counts(self) -> dict[str, int]:
+        from tasks.ledger import Ledger
+
+        try:
+            with Ledger(self.out, readonly=True) as ledger:
+                return ledger.counts()
+        except Exception:
+            return {}
+
+    def _loop(self) -> None:
+        if sys.stderr.isatty():
+            with Progress(
+                TextColumn("[bold]videos"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            ) as bar:
+                job = bar.add_task("", total=self.total)
+                while not self._stop.wait(0.5):
+                    counts = self._counts()
+                    bar.update(job, completed=self._done(counts), description=self._line(counts))
+            return
+        last = ""
+        while not self._stop.wait(5.0):
+            line = self._line(self._counts())
+            if line and line != last:
+                err.print(f"progress: {line}", highlight=False)
+                last = line
+
+    def _done(self, counts: dict[str, int]) -> int:
+        return sum(counts.get(s, 0) for s in _DONE_STATES)
+
+    def _line(self, counts: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v)
+
+    def __enter__(self) -> _Watcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def run(options: RunOptions, *, sandbox: bool) -> int:
+    from tasks.gate import RunStopped
+    from tasks.ledger import LedgerLocked
+    from tasks.run import RunRefused
+
+    manifest = _manifest_or_exit(options.manifest)
+    if manifest is None:
+        return EXIT_STOPPED
+    for row in manifest.invalid_rows:
+        err.print(f"[red]invalid, not sent:[/] {row.message}", highlight=False)
+    from flows.generate import generate_videos
+
+    with _sandbox_if_needed(options, sandbox) as effective:
+        try:
+            with _Watcher(Path(effective.out), len(manifest.valid_rows)):
+                outcome = asyncio.run(generate_videos(options=effective))
+        except (RunRefused, LedgerLocked) as exc:
+            err.print(f"[bold red]not started:[/] {exc}")
+            return EXIT_STOPPED
+        except RunStopped as exc:
+            err.print(f"[bold red]stopped:[/] {exc}. Results so far are in {effective.out}.")
+            return EXIT_STOPPED
+    _print_statuses(outcome["statuses"], title=f"videobatch {effective.out}")
+    out_console.print(f"results: {effective.out}/results.parquet and results.csv")
+    return EXIT_OK if outcome["completed"] == outcome["rows"] else EXIT_INCOMPLETE
+
+
+def _print_statuses(statuses: dict[str, int], *, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("status")
+    table.add_column("rows", justify="right")
+    for name, count in sorted(statuses.items(), key=lambda kv: -kv[1]):
+        table.add_row(name, str(count))
+    out_console.print(table)
+
+
+def status(out: Path) -> int:
+    from tasks.ledger import LOCK_FILE, Ledger
+
+    try:
+        ledger = Ledger(out, readonly=True)
+    except FileNotFoundError as exc:
+        err.print(str(exc))
+        return EXIT_STOPPED
+    with ledger:
+        counts, spent, at_risk = ledger.counts(), ledger.spent(), ledger.committed_cost()
+        unknown = [r for r in ledger.all().values() if r.state in ("unknown", "intent")]
+    lock = out / LOCK_FILE
+    holder = lock.read_text().strip() if lock.exists() else ""
+    _print_statuses(counts, title=f"ledger of {out}")
+    out_console.print(
+        f"spent {spent:.2f}; spent or reserved {at_risk:.2f}; "
+        f"{len(unknown)} rows with an unknown POST outcome"
+        + (f"; last run: {holder}" if holder else "")
+    )
+    return EXIT_OK
+
+
+def rebuild_results(out: Path, manifest_path: Path | None) -> int:
+    from tasks.ledger import Ledger
+    from tasks.results import build_results, write_results
+
+    try:
+        ledger = Ledger(out, readonly=True)
+    except FileNotFoundError as exc:
+        err.print(str(exc))
+        return EXIT_STOPPED
+    with ledger:
+        path = str(manifest_path) if manifest_path else ledger.meta("manifest")
+        if not path:
+            err.print("the ledger does not name its manifest: pass --manifest")
+            return EXIT_STOPPED
+        manifest = _manifest_or_exit(path)
+        if manifest is None:
+            return EXIT_STOPPED
+        table = build_results(manifest, ledger.all())
+    parquet, csv = write_results(table, out)
+    out_console.print(f"wrote {parquet} and {csv} ({table.num_rows} rows)")
+    return EXIT_OK
+
+
+def report(out: Path) -> int:
+    from tasks.report import write_report
+
+    if not (out / "results.parquet").exists():
+        err.print(f"no results in {out}: run `videobatch results {out}` first")
+        return EXIT_STOPPED
+    out_console.print(f"wrote {write_report(out)}")
+    return EXIT_OK
+
+
+def serve_sandbox(
+    *,
+    host: str,
+    port: int,
+    api_key: str,
+    time_scale: float,
+    seed: int,
+    faults: str | None,
+    submit_shape: str,
+    url_shape: str,
+) -> int:
+    from apimart.sandbox import config_from_options, serve
+
+    try:
+        config = config_from_options(
+            api_key=api_key,
+            time_scale=time_scale,
+            seed=seed,
+            faults=faults,
+            submit_shape=submit_shape,  # type: ignore[arg-type]
+            url_shape=url_shape,  # type: ignore[arg-type]
+        )
+    except ValueError as exc:
+        err.print(f"[bold red]bad sandbox options:[/] {exc}")
+        return EXIT_STOPPED
+    err.print(f"sandbox on http://{host}:{port} (key {api_key!r}); Ctrl-C stops it")
+    started = time.monotonic()
+    serve(config, host=host, port=port)
+    err.print(f"sandbox stopped after {time.monotonic() - started:.0f}s")
+    return EXIT_OK
+
+
+def deploy(project: Path) -> int:
+    from tasks.setup import deploy_all, ensure_prefect_objects
+
+    if not os.environ.get("PREFECT_API_URL"):
+        err.print("set PREFECT_API_URL to the server to set up (see `videobatch server`)")
+        return EXIT_STOPPED
+    report = asyncio.run(ensure_prefect_objects(os.environ.get("APIMART_API_KEY")))
+    for line in report.done:
+        out_console.print(f"✓ {line}")
+    result = deploy_all(project)
+    if result.returncode != 0:
+        err.print(f"[bold red]prefect deploy failed:[/]\n{result.stdout}\n{result.stderr}")
+        return EXIT_STOPPED
+    out_console.print("✓ deployments created from prefect.yaml")
+    return EXIT_OK
+
+
+def server(host: str, port: int) -> int:
+    from tasks.setup import server_command
+
+    command, env = server_command(host, port)
+    err.print(f"Prefect server with UI at http://{host}:{port} (Ctrl-C stops it)")
+    err.print(f"in another shell: export PREFECT_API_URL=http://{host}:{port}/api")
+    os.execvpe(command[0], command, env)
+    return EXIT_OK  # pragma: no cover - exec does not return
