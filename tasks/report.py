@@ -186,7 +186,7 @@ def report_numbers(table: pa.Table) -> dict[str, Any]:
     - `cost`: sum of the real `cost` column (rows without a cost count 0).
     - `success_rate`: `videos / rows` (0.0 for an empty table), a fraction, not a percentage.
     - `unknown_rows`, `at_risk`: rows whose POST may have created a paid task, and the sum of
-      their `estimated_cost` (the real cost is not known until the task is found).
+      the `estimated_cost` of those without a real cost yet (as `tasks.summary` counts it).
     - `median_generation_s`, `p95_generation_s`: numpy linear-interpolated percentiles of
       `generation_s` over completed rows that have one; None when there is none.
     - `statuses`: count per status; `by_resolution`, `by_duration`: per group `rows`, `videos`,
@@ -214,7 +214,11 @@ def report_numbers(table: pa.Table) -> dict[str, Any]:
         "success_rate": videos / rows if rows else 0.0,
         "unknown_rows": statuses.count(UNKNOWN),
         "at_risk": float(
-            sum(e for e, s in zip(estimates, statuses, strict=True) if s == UNKNOWN and e)
+            sum(
+                e
+                for e, c, s in zip(estimates, costs, statuses, strict=True)
+                if s == UNKNOWN and c is None and e
+            )
         ),
         "median_generation_s": median,
         "p95_generation_s": p95,

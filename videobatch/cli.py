@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from videobatch import console
+from videobatch import console, ops
 
 app = typer.Typer(
     name="videobatch",
@@ -212,7 +212,7 @@ def deploy(
 
     Example: `PREFECT_API_URL=http://127.0.0.1:4200/api videobatch deploy`
     """
-    raise typer.Exit(console.deploy(project))
+    raise typer.Exit(ops.deploy(project))
 
 
 @app.command()
@@ -226,7 +226,7 @@ def server(
 
     Example: `videobatch server --port 4200`
     """
-    raise typer.Exit(console.server(host, port))
+    raise typer.Exit(ops.server(host, port))
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from tasks.probe import first_frame_png
 from tasks.report import report_numbers, write_report
+from tasks.summary import summarize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 XSS = '<script>alert("x")</script> & "quotes" \'single\''
@@ -71,16 +72,16 @@ SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("prompt", pa.string()),
-        ("duration", pa.int64()),
+        ("duration", pa.int32()),
         ("resolution", pa.string()),
         ("aspect_ratio", pa.string()),
-        ("image_count", pa.int64()),
+        ("image_count", pa.int32()),
         ("campaign", pa.string()),
         ("status", pa.string()),
         ("error_code", pa.string()),
         ("error_message", pa.string()),
         ("task_id", pa.string()),
-        ("attempt", pa.int64()),
+        ("attempt", pa.int32()),
         ("cost", pa.float64()),
         ("estimated_cost", pa.float64()),
         ("submitted_at", pa.timestamp("us", tz="UTC")),
@@ -264,6 +265,19 @@ def test_numbers_match_hand_computed_values(report: tuple[Path, pa.Table, str, P
     assert numbers["by_resolution"]["720p"]["cost"] == pytest.approx(0.15 + 0.05 + 0.15)
     assert list(numbers["by_duration"]) == ["6", "8", "10"]
     assert numbers["by_duration"]["10"]["videos"] == 1
+
+
+def test_numbers_agree_with_the_markdown_summary(
+    report: tuple[Path, pa.Table, str, Page],
+) -> None:
+    _, table, _, _ = report
+    numbers, summary = report_numbers(table), summarize(table)
+    assert numbers["rows"] == summary.rows
+    assert numbers["videos"] == summary.videos
+    assert numbers["cost"] == pytest.approx(summary.spent)
+    assert numbers["at_risk"] == pytest.approx(summary.at_risk)
+    assert numbers["median_generation_s"] == pytest.approx(summary.generation_median_s)
+    assert numbers["p95_generation_s"] == pytest.approx(summary.generation_p95_s)
 
 
 def test_page_shows_the_numbers(report: tuple[Path, pa.Table, str, Page]) -> None:
