@@ -285,7 +285,7 @@ def _thumbnail(path: Path) -> bytes | None:
 
 
 def _thumbnails(paths: list[Path | None]) -> list[bytes | None]:
-    wanted = [p for p in paths if p is not None]
+    wanted = list(dict.fromkeys(p for p in paths if p is not None))
     if not wanted:
         return [None] * len(paths)
     with ThreadPoolExecutor(max_workers=THUMB_WORKERS) as pool:
@@ -478,8 +478,8 @@ code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}
 .sheet{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:14px}
 .card{background:var(--card);border:1px solid var(--line);border-radius:10px;overflow:hidden;
 display:flex;flex-direction:column}
-.card a.frame{display:block;background:#111;line-height:0}
-.card img.thumb{width:100%;height:auto;display:block}
+.card a.frame{display:block;position:relative;background:#111;aspect-ratio:16/9}
+.card img.thumb{position:absolute;inset:0;width:100%;height:100%;object-fit:contain}
 .card .placeholder{aspect-ratio:16/9;display:flex;align-items:center;justify-content:center;
 color:#fff;font-weight:600;font-size:13px;text-transform:uppercase;letter-spacing:.05em}
 .card .body{padding:8px 10px 10px}

@@ -1,0 +1,153 @@
+"""The submit, poll and download steps, called through `.fn()` against the sandbox.
+
+No Prefect server is involved: the task bodies are plain async functions over a runtime.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apimart import retry
+from apimart.sandbox import FaultRule, Faults, SandboxConfig, run_in_thread
+from tasks.download import download_task
+from tasks.gate import Budget, RunStopped, SubmitGate
+from tasks.ledger import State
+from tasks.options import RunOptions
+from tasks.poll import poll_task
+from tasks.run import open_run, rows_needing_work
+from tasks.runtime import Runtime
+from tasks.submit import submit_decision, submit_task
+
+KEY = "sk-steps-canary-31f9"
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("APIMART_API_KEY", KEY)
+    with retry.no_waits():
+        yield
+
+
+def _manifest(path: Path, prompts: list[str]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "prompt", "duration"])
+        for i, prompt in enumerate(prompts):
+            writer.writerow([f"r{i}", prompt, 4])
+    return path
+
+
+@asynccontextmanager
+async def runtime_for(
+    tmp_path: Path, prompts: list[str], faults: Faults | None = None, **options: Any
+) -> AsyncIterator[tuple[str, Runtime, Any]]:
+    config = SandboxConfig(api_key=KEY, time_scale=0.002, faults=faults or Faults())
+    with run_in_thread(config) as sb:
+        opts = RunOptions(
+            manifest=str(_manifest(tmp_path / "m.csv", prompts)),
+            out=str(tmp_path / "out"),
+            base_url=sb.url,
+            poll_initial_delay=0.05,
+            poll_interval=0.05,
+            submit_rate=1000,
+            **options,
+        )
+        async with open_run(opts) as (key, runtime):
+            yield key, runtime, sb
+
+
+async def test_one_row_through_all_three_steps(tmp_path: Path) -> None:
+    async with runtime_for(tmp_path, ["a calm lake"]) as (key, rt, sb):
+        assert await submit_task.fn(key, "r0") == State.SUBMITTED
+        assert await poll_task.fn(key, "r0") == State.COMPLETED
+        assert await download_task.fn(key, "r0") == State.DOWNLOADED
+        record = rt.ledger.get("r0")
+        assert record is not None and record.video_sha256
+        data = (rt.out / "videos" / "r0.mp4").read_bytes()
+        assert hashlib.sha256(data).hexdigest() == record.video_sha256
+        assert rows_needing_work(rt) == []
+        # A second submit of a row with a task never pays again.
+        assert await submit_task.fn(key, "r0") == State.DOWNLOADED
+        assert sb.state.counters.snapshot()["tasks_created"] == 1
+
+
+async def test_throttled_submit_is_requeued_not_lost(tmp_path: Path) -> None:
+    faults = Faults(submit_429=FaultRule(rate=1.0, times=6), retry_after_s=0.01)
+    async with runtime_for(tmp_path, ["throttled"], faults) as (key, rt, sb):
+        # The client gives up after 5 tries; the step re-queues the row and sends it again.
+        assert await submit_task.fn(key, "r0") == State.SUBMITTED
+        assert sb.state.counters.snapshot()["tasks_created"] == 1
+        assert rt.gate.rate < 1000  # the gate slowed down for everyone
+
+
+async def test_unknown_outcome_is_held_and_budget_counts_it(tmp_path: Path) -> None:
+    faults = Faults(submit_5xx=FaultRule(rate=1.0))
+    async with runtime_for(tmp_path, ["doubtful"], faults) as (key, rt, sb):
+        assert await submit_task.fn(key, "r0") == State.UNKNOWN
+        assert sb.state.counters.snapshot()["tasks_created"] == 1
+        assert submit_decision(rt, "r0") == State.UNKNOWN
+        assert rt.ledger.committed_cost() == pytest.approx(0.1)
+        assert await submit_task.fn(key, "r0") == State.UNKNOWN  # held: no second POST
+        assert sb.state.counters.snapshot()["submit_requests"] == 1
+
+
+async def test_payment_required_stops_new_submissions(tmp_path: Path) -> None:
+    async with runtime_for(tmp_path, ["one", "two"], Faults(payment_after=0)) as (key, rt, sb):
+        assert await submit_task.fn(key, "r0") == State.SKIPPED_PAYMENT
+        assert rt.gate.payment_exhausted
+        assert await submit_task.fn(key, "r1") == State.SKIPPED_PAYMENT
+        assert sb.state.counters.snapshot()["submit_requests"] == 1  # the second never left
+
+
+async def test_wrong_key_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with runtime_for(tmp_path, ["one", "two"]) as (key, rt, sb):
+        sb.config.api_key = "sk-someone-else"
+        with pytest.raises(Exception, match="401"):
+            await submit_task.fn(key, "r0")
+        with pytest.raises(RunStopped):
+            await submit_task.fn(key, "r1")
+        assert rt.ledger.get("r0").state == State.PENDING  # type: ignore[union-attr]
+        assert sb.state.counters.snapshot()["tasks_created"] == 0
+
+
+async def test_expired_link_is_renewed_once_then_reported(tmp_path: Path) -> None:
+    faults = Faults(expired_urls=FaultRule(rate=1.0))
+    async with runtime_for(tmp_path, ["always expired"], faults) as (key, rt, _sb):
+        await submit_task.fn(key, "r0")
+        assert await poll_task.fn(key, "r0") == State.COMPLETED
+        assert await download_task.fn(key, "r0") == State.DOWNLOAD_FAILED
+        record = rt.ledger.get("r0")
+        assert record is not None and record.task_id and record.error_code == "download_failed"
+        assert not (rt.out / "videos" / "r0.mp4").exists()
+
+
+def test_budget_never_passes_the_cap() -> None:
+    budget = Budget(cap=1.0, committed=0.5)
+    assert budget.reserve(0.3)
+    assert not budget.reserve(0.3)
+    budget.settle(0.3, 0.1)  # the real cost was lower: room for one more
+    assert budget.reserve(0.3)
+    assert budget.committed == pytest.approx(0.9)
+    assert Budget(cap=None).reserve(1e9)
+
+
+async def test_gate_spaces_submissions_and_pauses_after_429() -> None:
+    import time
+
+    gate = SubmitGate(rate=50)
+    start = time.monotonic()
+    for _ in range(5):
+        await gate.wait_turn()
+    assert time.monotonic() - start >= 4 / 50 * 0.9
+    gate.throttled(0.2)
+    start = time.monotonic()
+    await gate.wait_turn()
+    assert time.monotonic() - start >= 0.15
+    assert gate.rate == 25
