@@ -1,6 +1,6 @@
 """`OUT/report.html`: one self-contained page a person can open after a run.
 
-Everything is inline (CSS, SVG charts drawn here, thumbnails as base64 PNG data URIs) and a
+Everything is inline (CSS, SVG charts drawn here, thumbnails as base64 JPEG data URIs) and a
 Content-Security-Policy forbids any fetch, so the file can be mailed or archived and opened
 offline without leaking anything. Every value that came from the manifest or the API is user
 text and is escaped. No Prefect here: the CLI writes the same report outside a flow.
@@ -15,7 +15,6 @@ import base64
 import html
 import math
 import os
-import struct
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.probe import first_frame_png
+from tasks.probe import Thumbnail, first_frame_thumbnail
 
 REPORT_FILE = "report.html"
 RESULTS_FILE = "results.parquet"
@@ -276,28 +275,21 @@ def _video_file(out: Path, rel: Any) -> Path | None:
     return path if path.is_file() else None
 
 
-def _thumbnail(path: Path) -> bytes | None:
+def _thumbnail(path: Path) -> Thumbnail | None:
     # A broken file must not cost the whole report: its card says "no preview" instead.
     try:
-        return first_frame_png(path, width=THUMB_WIDTH)
+        return first_frame_thumbnail(path, width=THUMB_WIDTH)
     except Exception:
         return None
 
 
-def _thumbnails(paths: list[Path | None]) -> list[bytes | None]:
+def _thumbnails(paths: list[Path | None]) -> list[Thumbnail | None]:
     wanted = list(dict.fromkeys(p for p in paths if p is not None))
     if not wanted:
         return [None] * len(paths)
     with ThreadPoolExecutor(max_workers=THUMB_WORKERS) as pool:
         made = dict(zip(wanted, pool.map(_thumbnail, wanted), strict=True))
     return [made.get(p) if p is not None else None for p in paths]
-
-
-def _png_size(png: bytes) -> tuple[int, int] | None:
-    if len(png) >= 24 and png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", png[16:24])
-        return int(width), int(height)
-    return None
 
 
 # --------------------------------------------------------------------------- SVG
@@ -552,16 +544,15 @@ def _failures_html(failures: list[Failure]) -> str:
     )
 
 
-def _card(row: dict[str, Any], thumb: bytes | None, has_file: bool, extras: list[str]) -> str:
+def _card(row: dict[str, Any], thumb: Thumbnail | None, has_file: bool, extras: list[str]) -> str:
     row_id = "" if row.get("id") is None else str(row["id"])
     status = "unknown" if row.get("status") is None else str(row["status"])
     href = quote(str(row.get("video_path") or ""), safe="/")
     if thumb is not None:
-        size = _png_size(thumb)
-        dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
-        data = base64.b64encode(thumb).decode("ascii")
+        dims = f' width="{thumb.width}" height="{thumb.height}"'
+        data = base64.b64encode(thumb.data).decode("ascii")
         picture = (
-            f'<img class="thumb" src="data:image/png;base64,{data}"{dims} '
+            f'<img class="thumb" src="data:{thumb.mime};base64,{data}"{dims} '
             f'alt="first frame of {_esc(row_id)}">'
         )
     else:

@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.probe import first_frame_png
+from tasks.probe import first_frame_thumbnail
 from tasks.report import report_numbers, write_report
 from tasks.summary import summarize
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
 XSS = '<script>alert("x")</script> & "quotes" \'single\''
 
 
@@ -313,10 +313,10 @@ def test_videos_get_thumbnails_and_links(report: tuple[Path, pa.Table, str, Page
     out, _, _, page = report
     for row_id in ("a1", "b2", "c3", "d4"):
         (src,) = page.card_imgs[row_id]
-        assert src.startswith("data:image/png;base64,")
-        png = base64.b64decode(src.split(",", 1)[1], validate=True)
-        assert png.startswith(PNG_MAGIC)
-        assert png == first_frame_png(out / f"videos/{row_id}.mp4", width=240)
+        assert src.startswith("data:image/jpeg;base64,")
+        jpeg = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert jpeg.startswith(JPEG_MAGIC)
+        assert jpeg == first_frame_thumbnail(out / f"videos/{row_id}.mp4", width=240).data
         assert page.card_links[row_id] == [f"videos/{row_id}.mp4"]
     for row_id in ("e5", "f6", "g7", "h8", "i9"):
         assert page.card_imgs[row_id] == []
