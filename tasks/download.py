@@ -17,8 +17,9 @@ from prefect.cache_policies import NO_CACHE
 from apimart.errors import DownloadError, LinkExpiredError
 from apimart.models import Video
 from tasks.ledger import State
+from tasks.poll import TRANSIENT
 from tasks.probe import VideoUnreadable, probe_video
-from tasks.runtime import Runtime, get_runtime, run_logger
+from tasks.runtime import Runtime, get_runtime, retry_when, run_logger
 
 VIDEOS_DIR = "videos"
 
@@ -145,6 +146,7 @@ def mark_download_failed(runtime: Runtime, row_id: str, why: str) -> str:
     retries=3,
     retry_delay_seconds=[2, 10, 30],
     retry_jitter_factor=0.5,
+    retry_condition_fn=retry_when(DownloadError, *TRANSIENT),
     cache_policy=NO_CACHE,
 )
 async def download_task(run_key: str, row_id: str) -> str:

@@ -15,13 +15,19 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from apimart import spec
-from apimart.errors import AuthenticationError, ProtocolError, ServerError, TransportError
-from apimart.errors import RateLimitError as _RateLimit
+from apimart.errors import (
+    AuthenticationError,
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+)
 from apimart.models import Task
 from tasks.ledger import State
-from tasks.runtime import Runtime, get_runtime, run_logger
+from tasks.runtime import Runtime, get_runtime, retry_when, run_logger
 
-TRANSIENT = (TransportError, ServerError, ProtocolError, _RateLimit)
+# What a later try could cure; everything else fails the task at once.
+TRANSIENT = (TransportError, ServerError, ProtocolError, RateLimitError)
 
 
 def record_terminal(runtime: Runtime, row_id: str, task: Task, polls: int) -> str:
@@ -116,24 +122,13 @@ async def poll_row(runtime: Runtime, row_id: str) -> str:
         await asyncio.sleep(options.poll_interval)
 
 
-def is_transient(_task: Any, _run: Any, state: Any) -> bool:
-    """Prefect retry condition: only errors that a later try could cure."""
-    try:
-        state.result()
-    except TRANSIENT:
-        return True
-    except Exception:
-        return False
-    return False
-
-
 @task(
     name="poll",
     task_run_name="poll-{row_id}",
     retries=3,
     retry_delay_seconds=[5, 20, 60],
     retry_jitter_factor=0.5,
-    retry_condition_fn=is_transient,
+    retry_condition_fn=retry_when(*TRANSIENT),
     cache_policy=NO_CACHE,
 )
 async def poll_task(run_key: str, row_id: str) -> str:

@@ -138,6 +138,21 @@ def install_redaction(*secrets: str | None) -> RedactingFilter:
     return flt
 
 
+def retry_when(*kinds: type[BaseException]) -> Callable[[Any, Any, Any], bool]:
+    """A Prefect `retry_condition_fn` that retries only the named exception types."""
+
+    def condition(_task: Any, _run: Any, state: Any) -> bool:
+        try:
+            state.result()
+        except kinds:
+            return True
+        except Exception:
+            return False
+        return False
+
+    return condition
+
+
 def new_run_id() -> str:
     try:
         from prefect.runtime import flow_run
