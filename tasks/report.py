@@ -30,6 +30,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.probe import Thumbnail, first_frame_thumbnail
+from tasks.results import COMPLETED, FIXED_COLUMNS, UNKNOWN
+from tasks.summary import column_values as _column
+from tasks.summary import finite_number as _number
 
 REPORT_FILE = "report.html"
 RESULTS_FILE = "results.parquet"
@@ -38,44 +41,10 @@ PROMPT_CHARS = 140
 # PyAV releases the GIL while decoding and scaling, so threads give real parallelism here.
 THUMB_WORKERS = max(1, min(8, os.cpu_count() or 1))
 MAX_BINS = 30
-COMPLETED = "completed"
-UNKNOWN = "unknown"
 
 _RESOLUTION_ORDER = {"720p": 0, "1080p": 1, "4k": 2}
 # Columns the page shows in their own place; anything else came from the manifest.
-_KNOWN_COLUMNS = frozenset(
-    {
-        "id",
-        "prompt",
-        "duration",
-        "resolution",
-        "aspect_ratio",
-        "image_count",
-        "image_urls",
-        "status",
-        "error_code",
-        "error_message",
-        "task_id",
-        "attempt",
-        "cost",
-        "estimated_cost",
-        "submitted_at",
-        "completed_at",
-        "generation_s",
-        "wait_s",
-        "polls",
-        "download_s",
-        "total_s",
-        "video_path",
-        "video_bytes",
-        "video_sha256",
-        "video_width",
-        "video_height",
-        "video_duration_s",
-        "url_expires_at",
-        "run_id",
-    }
-)
+_KNOWN_COLUMNS = FIXED_COLUMNS | {"image_urls"}
 _STATUS_COLOURS = {
     "completed": "#2e9d5b",
     "failed": "#d64545",
@@ -98,23 +67,6 @@ def _colour(status: str) -> str:
 
 def _esc(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
-
-
-def _column(table: pa.Table, name: str) -> list[Any]:
-    """A column as Python values; a missing column reads as all-null so older tables render."""
-    if name in table.column_names:
-        return table.column(name).to_pylist()
-    return [None] * table.num_rows
-
-
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _money(value: float) -> str:

@@ -89,9 +89,9 @@ class Summary:
 
 
 def summarize(table: pa.Table) -> Summary:
-    statuses = [str(s) for s in _column(table, "status")]
-    costs = [_number(v) for v in _column(table, "cost")]
-    estimates = [_number(v) for v in _column(table, "estimated_cost")]
+    statuses = [str(s) for s in column_values(table, "status")]
+    costs = [finite_number(v) for v in column_values(table, "cost")]
+    estimates = [finite_number(v) for v in column_values(table, "estimated_cost")]
     counts = Counter(statuses)
     by_status = {status: counts.get(status, 0) for status in RESULT_STATUSES}
     by_status.update((s, n) for s, n in counts.items() if s not in by_status)
@@ -105,12 +105,14 @@ def summarize(table: pa.Table) -> Summary:
 
     generation = sorted(
         g
-        for g, s in zip(map(_number, _column(table, "generation_s")), statuses, strict=True)
+        for g, s in zip(
+            map(finite_number, column_values(table, "generation_s")), statuses, strict=True
+        )
         if s == COMPLETED and g is not None
     )
     sizes = (
-        _number(b)
-        for b, s in zip(_column(table, "video_bytes"), statuses, strict=True)
+        finite_number(b)
+        for b, s in zip(column_values(table, "video_bytes"), statuses, strict=True)
         if s == COMPLETED
     )
     return Summary(
@@ -183,20 +185,23 @@ def results_table_for_artifact(table: pa.Table, *, limit: int = 200) -> list[dic
     The full table is always in results.parquet / results.csv.
     """
     if table.num_rows <= limit:
-        columns = {name: _column(table, name) for name in ARTIFACT_COLUMNS}
+        columns = {name: column_values(table, name) for name in ARTIFACT_COLUMNS}
         return [
             {name: _json_safe(columns[name][i]) for name in ARTIFACT_COLUMNS}
             for i in range(table.num_rows)
         ]
     groups: dict[str, dict[str, Any]] = {}
     for row_id, status, cost in zip(
-        _column(table, "id"), _column(table, "status"), _column(table, "cost"), strict=True
+        column_values(table, "id"),
+        column_values(table, "status"),
+        column_values(table, "cost"),
+        strict=True,
     ):
         group = groups.setdefault(
             str(status), {"status": str(status), "rows": 0, "cost": 0.0, "example_id": row_id}
         )
         group["rows"] += 1
-        group["cost"] += _number(cost) or 0.0
+        group["cost"] += finite_number(cost) or 0.0
     order = {status: n for n, status in enumerate(RESULT_STATUSES)}
     return sorted(groups.values(), key=lambda g: (order.get(g["status"], len(order)), g["status"]))
 
@@ -204,14 +209,14 @@ def results_table_for_artifact(table: pa.Table, *, limit: int = 200) -> list[dic
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _column(table: pa.Table, name: str) -> list[Any]:
+def column_values(table: pa.Table, name: str) -> list[Any]:
     # Tables written by older versions may lack a column: read it as empty, do not fail.
     if name in table.column_names:
         return table.column(name).to_pylist()
     return [None] * table.num_rows
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -241,8 +246,8 @@ def _quantile(ordered: list[float], q: float) -> float | None:
 def _failures(table: pa.Table, statuses: list[str]) -> tuple[FailureReason, ...]:
     counts: Counter[tuple[str, str | None]] = Counter()
     examples: dict[tuple[str, str | None], str] = {}
-    codes = _column(table, "error_code")
-    messages = _column(table, "error_message")
+    codes = column_values(table, "error_code")
+    messages = column_values(table, "error_message")
     for status, code, message in zip(statuses, codes, messages, strict=True):
         if status in _NOT_FAILURES:
             continue
