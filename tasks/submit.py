@@ -8,6 +8,8 @@ twice; resending is the ledger's decision, not Prefect's.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -58,15 +60,23 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
     ledger, gate, row = runtime.ledger, runtime.gate, runtime.row(row_id)
     assert row.request is not None
     gate.check()
-    if gate.payment_exhausted:
-        ledger.update(row_id, "skipped", state=State.SKIPPED_PAYMENT)
-        return State.SKIPPED_PAYMENT
     estimate = runtime.estimate(row)
     record = runtime.ledger.get(row_id)
     assert record is not None
-    # A doubtful row's estimate is already counted as money at risk by the ledger.
-    reserve = 0.0 if record.state in DOUBTFUL else estimate
-    if not runtime.budget.reserve(reserve):
+    doubtful = record.state in DOUBTFUL
+    if gate.payment_exhausted:
+        if doubtful:
+            return State.UNKNOWN
+        ledger.update(row_id, "skipped", state=State.SKIPPED_PAYMENT)
+        return State.SKIPPED_PAYMENT
+    if doubtful:
+        # The ledger counted this row's estimate as money at risk when the run began; it is
+        # reserved afresh below like any other row, so the budget never counts it twice.
+        runtime.budget.release(estimate)
+    if not runtime.budget.reserve(estimate):
+        if doubtful:
+            runtime.budget.committed += estimate  # still at risk: it stays `unknown`
+            return State.UNKNOWN
         ledger.update(
             row_id,
             "skipped",
@@ -77,8 +87,22 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
         )
         return State.SKIPPED_BUDGET
 
+    def not_sent(state: str, event: str, **fields: Any) -> str:
+        """This POST certainly created nothing: give the reservation back.
+
+        A resend of a doubtful row that never got through says nothing of the first POST, so
+        the row stays `unknown` with its estimate at risk. Only a 400 to the identical body
+        settles it: the first one was refused too.
+        """
+        if doubtful and state != State.REJECTED:
+            ledger.update(row_id, event, state=State.UNKNOWN, **fields)
+            return State.UNKNOWN
+        runtime.budget.release(estimate)
+        ledger.update(row_id, event, state=state, **fields)
+        return state
+
     req_hash = request_hash(row.request)
-    reuse_key = record.state in DOUBTFUL and record.idempotency_key
+    reuse_key = doubtful and record.idempotency_key
     key = record.idempotency_key if reuse_key else None
     key = key or ledger.idempotency_key(row_id, req_hash, attempt)
 
@@ -86,9 +110,7 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
         await gate.wait_turn()
         gate.check()
         if gate.payment_exhausted:
-            runtime.budget.release(reserve)
-            ledger.update(row_id, "skipped", state=State.SKIPPED_PAYMENT)
-            return State.SKIPPED_PAYMENT
+            return not_sent(State.SKIPPED_PAYMENT, "skipped")
         ledger.record_intent(
             row_id,
             attempt=attempt,
@@ -110,55 +132,40 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
             log.warning("row %s: submit outcome unknown (%s); money at risk", row_id, exc.cause)
             return State.UNKNOWN
         except RateLimitError as exc:
-            ledger.update(row_id, "throttled", state=State.PENDING, error_code="rate_limited")
+            # Out of `intent` while everyone pauses: a crash now must not read as a doubtful POST.
+            back = State.UNKNOWN if doubtful else State.PENDING
+            ledger.update(row_id, "throttled", state=back, error_code="rate_limited")
             pause = gate.throttled(exc.retry_after)
             log.warning("row %s: throttled; all submits pause %.1fs", row_id, pause)
             continue
         except ConnectError as exc:
-            runtime.budget.release(reserve)
-            ledger.update(
-                row_id,
-                "not-sent",
-                state=State.PENDING,
-                error_code="connect",
-                error_message=str(exc),
-            )
             log.error("row %s: API unreachable, row not sent: %s", row_id, exc)
-            return State.PENDING
+            return not_sent(State.PENDING, "not-sent", error_code="connect", error_message=str(exc))
         except AuthenticationError:
-            runtime.budget.release(reserve)
-            ledger.update(row_id, "not-sent", state=State.PENDING, error_code="authentication")
+            not_sent(State.PENDING, "not-sent", error_code="authentication")
             gate.stop("authentication failed (401): check the API key")
             raise
         except PaymentRequiredError as exc:
-            runtime.budget.release(reserve)
             gate.payment_exhausted = True
-            ledger.update(
-                row_id,
+            log.error("balance exhausted (402): no new submissions; in-flight tasks continue")
+            return not_sent(
+                State.SKIPPED_PAYMENT,
                 "payment-required",
-                state=State.SKIPPED_PAYMENT,
                 error_code="payment_required",
                 error_message=str(exc),
             )
-            log.error("balance exhausted (402): no new submissions; in-flight tasks continue")
-            return State.SKIPPED_PAYMENT
         except BadRequestError as exc:
-            runtime.budget.release(reserve)
-            ledger.update(
-                row_id,
+            log.error("row %s: rejected by the API: %s", row_id, exc)
+            return not_sent(
+                State.REJECTED,
                 "rejected",
-                state=State.REJECTED,
                 error_code=exc.error_type or "bad_request",
                 error_message=str(exc),
             )
-            log.error("row %s: rejected by the API: %s", row_id, exc)
-            return State.REJECTED
         ledger.record_submitted(row_id, task_id=result.task_id, status=result.status)
         log.info("row %s: submitted as %s (attempt %d)", row_id, result.task_id, attempt)
         return State.SUBMITTED
-    runtime.budget.release(reserve)
-    ledger.update(row_id, "not-sent", state=State.PENDING, error_code="rate_limited")
-    return State.PENDING
+    return not_sent(State.PENDING, "not-sent", error_code="rate_limited")
 
 
 @task(

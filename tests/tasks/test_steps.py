@@ -151,3 +151,19 @@ async def test_gate_spaces_submissions_and_pauses_after_429() -> None:
     await gate.wait_turn()
     assert time.monotonic() - start >= 0.15
     assert gate.rate == 25
+
+
+async def test_a_doubtful_row_stays_unknown_when_its_resend_gets_nowhere(tmp_path: Path) -> None:
+    faults = Faults(submit_5xx=FaultRule(rate=1.0))
+    async with runtime_for(tmp_path, ["doubtful"], faults) as (key, rt, sb):
+        assert await submit_task.fn(key, "r0") == State.UNKNOWN
+        committed = rt.budget.committed
+        rt.options.resubmit_unknown = True
+        sb.config.faults.submit_5xx = FaultRule()
+        sb.config.faults.payment_after = 0
+        # The resend is refused with 402: that says nothing of the first POST.
+        assert await submit_task.fn(key, "r0") == State.UNKNOWN
+        record = rt.ledger.get("r0")
+        assert record is not None and record.state == State.UNKNOWN
+        assert rt.budget.committed == pytest.approx(committed)  # still at risk
+        assert sb.state.counters.snapshot()["tasks_created"] == 1
