@@ -3,7 +3,7 @@
 Wiring only. Each row runs submit -> poll -> download as its own chain of task runs, named
 after the row; a semaphore caps the jobs in flight, so a new submission starts the moment a
 slot frees (no waves). A slot is held from submission until the task ends; downloads run
-outside it, so slow downloads never hold back generation.
+outside it (under a bound of their own), so slow downloads never hold back generation.
 """
 
 from __future__ import annotations
@@ -27,7 +27,13 @@ from tasks.submit import submit_task
 DOWNLOADABLE = frozenset({State.COMPLETED, State.DOWNLOADED, State.DOWNLOAD_FAILED})
 
 
-async def _one_row(key: str, runtime: Runtime, row_id: str, slots: asyncio.Semaphore) -> str:
+async def _one_row(
+    key: str,
+    runtime: Runtime,
+    row_id: str,
+    slots: asyncio.Semaphore,
+    download_slots: asyncio.Semaphore,
+) -> str:
     log = run_logger()
     async with slots:
         runtime.gate.check()
@@ -45,7 +51,8 @@ async def _one_row(key: str, runtime: Runtime, row_id: str, slots: asyncio.Semap
                 return State.TIMEOUT
     if state in DOWNLOADABLE:
         try:
-            state = await download_task(key, row_id)
+            async with download_slots:
+                state = await download_task(key, row_id)
         except Exception as exc:
             if runtime.gate.stop_reason:
                 raise
@@ -70,9 +77,11 @@ async def generate_videos(options: RunOptions) -> dict[str, Any]:
         progress = Progress(len(rows), key=artifact_key(options.out))
         await progress.start()
         slots = asyncio.Semaphore(options.concurrency)
+        # Downloads run outside the generation slots, so they get a bound of their own.
+        download_slots = asyncio.Semaphore(options.concurrency)
 
         async def run_row(row_id: str) -> str:
-            state = await _one_row(key, runtime, row_id, slots)
+            state = await _one_row(key, runtime, row_id, slots, download_slots)
             await progress.row_done(state)
             return state
 
