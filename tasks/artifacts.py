@@ -81,7 +81,10 @@ async def publish_results(table: pa.Table, *, key: str, title: str, report: str 
         )
         if report:
             await acreate_link_artifact(
-                link=report, link_text="videobatch report", key=f"{key}-report"
+                link=report,
+                link_text="videobatch report",
+                key=f"{key}-report",
+                description=f"{title}: totals, costs, timings, failures and a contact sheet",
             )
     except Exception as exc:
         run_logger().warning("could not publish result artifacts: %s", exc)
