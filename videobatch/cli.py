@@ -1,7 +1,7 @@
 """The `videobatch` command line: parses, prints, exits. The work lives in flows/ and tasks/.
 
 Exit codes: 0 every row completed; 1 the run finished but some rows did not complete (results
-are still written); 2 the run could not start or was stopped.
+are still written); 2 the run could not start or was stopped; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -20,10 +20,16 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="markdown",
+    epilog="Example: `videobatch run data/manifests/demo.csv --out out/demo`",
 )
 
 # A 3-5 minute task takes 7-12 s in the sandbox: the demo runs in about a minute.
 SANDBOX_TIME_SCALE = console.SANDBOX_TIME_SCALE
+
+
+def _example(command: str) -> str:
+    """A command's help ends with one runnable example (typer prints the epilog last)."""
+    return f"Example: `{command}`"
 
 
 def _env(option: str) -> str:
@@ -36,7 +42,7 @@ Manifest = Annotated[
 Out = Annotated[Path, typer.Option("--out", "-o", envvar=_env("out"), help="Output folder.")]
 
 
-@app.command()
+@app.command(epilog=_example("videobatch run data/manifests/demo.csv --out out/demo --max-cost 5"))
 def run(
     manifest: Manifest,
     out: Out = Path("out"),
@@ -86,8 +92,6 @@ def run(
 
     Rows already submitted are polled, not paid again; rows whose POST outcome is unknown are
     held until you pass --resubmit-unknown.
-
-    Example: `videobatch run data/manifests/demo.csv --out out/demo --max-cost 5`
     """
     from tasks.options import RunOptions
 
@@ -110,27 +114,21 @@ def run(
     raise typer.Exit(console.run(RunOptions(**options), sandbox=sandbox))
 
 
-@app.command()
+@app.command(epilog=_example("videobatch validate data/manifests/invalid.csv"))
 def validate(manifest: Manifest) -> None:
-    """Check every row of a manifest and estimate cost and time; nothing is sent.
-
-    Example: `videobatch validate data/manifests/invalid.csv`
-    """
+    """Check every row of a manifest and estimate cost and time; nothing is sent."""
     from tasks.options import RunOptions
 
     raise typer.Exit(console.dry_run(RunOptions(manifest=str(manifest))))
 
 
-@app.command()
+@app.command(epilog=_example("videobatch status out/demo"))
 def status(out: Annotated[Path, typer.Argument(help="Output folder of a run.")]) -> None:
-    """Counts by state and money spent so far in OUT, also while a run is going.
-
-    Example: `videobatch status out/demo`
-    """
+    """Counts by state and money spent so far in OUT, also while a run is going."""
     raise typer.Exit(console.status(out))
 
 
-@app.command()
+@app.command(epilog=_example("videobatch results out/demo"))
 def results(
     out: Annotated[Path, typer.Argument(help="Output folder of a run.")],
     manifest: Annotated[
@@ -138,23 +136,23 @@ def results(
         typer.Option(help="Manifest to rebuild against (default: the one the run used)."),
     ] = None,
 ) -> None:
-    """Rebuild OUT/results.parquet and OUT/results.csv from the ledger.
-
-    Example: `videobatch results out/demo`
-    """
+    """Rebuild OUT/results.parquet and OUT/results.csv from the ledger."""
     raise typer.Exit(console.rebuild_results(out, manifest))
 
 
-@app.command("report")
+@app.command(
+    "report", epilog=_example("videobatch report out/demo && xdg-open out/demo/report.html")
+)
 def report_cmd(out: Annotated[Path, typer.Argument(help="Output folder of a run.")]) -> None:
-    """Write OUT/report.html: totals, costs, timings, failures and a contact sheet.
-
-    Example: `videobatch report out/demo && xdg-open out/demo/report.html`
-    """
+    """Write OUT/report.html: totals, costs, timings, failures and a contact sheet."""
     raise typer.Exit(console.report(out))
 
 
-@app.command()
+@app.command(
+    epilog=_example(
+        "videobatch sandbox --port 8765 --time-scale 0.01 --faults '{\"task_fail\": 0.1}'"
+    )
+)
 def sandbox(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -182,8 +180,6 @@ def sandbox(
     """Serve the offline emulator of the APIMart API and its CDN (real H.264 MP4s).
 
     Point a run at it with APIMART_BASE_URL=http://127.0.0.1:PORT APIMART_API_KEY=sk-sandbox.
-
-    Example: `videobatch sandbox --port 8765 --time-scale 0.01 --faults '{"task_fail": 0.1}'`
     """
     raise typer.Exit(
         console.serve_sandbox(
@@ -199,23 +195,25 @@ def sandbox(
     )
 
 
-@app.command()
+@app.command(epilog=_example("PREFECT_API_URL=http://127.0.0.1:4200/api videobatch deploy"))
 def deploy(
     project: Annotated[
-        Path, typer.Option(help="Project folder holding prefect.yaml (same path on workers).")
+        Path,
+        typer.Option(
+            envvar="VIDEOBATCH_PROJECT_DIR",
+            help="Project folder holding prefect.yaml (same path on workers).",
+        ),
     ] = Path("."),
 ) -> None:
     """Set up the Prefect server at PREFECT_API_URL: pool, limits, secret, deployments.
 
     Safe to run twice. The API key comes from APIMART_API_KEY into the Secret block
     `apimart-api-key`; it is never a parameter of any deployment.
-
-    Example: `PREFECT_API_URL=http://127.0.0.1:4200/api videobatch deploy`
     """
     raise typer.Exit(ops.deploy(project))
 
 
-@app.command()
+@app.command(epilog=_example("videobatch server --port 4200"))
 def server(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the API and the UI.")] = 4200,
@@ -223,8 +221,6 @@ def server(
     """Start a local Prefect server (API and UI) tuned for thousands of task runs.
 
     Then `export PREFECT_API_URL=http://127.0.0.1:4200/api` so runs report to it.
-
-    Example: `videobatch server --port 4200`
     """
     raise typer.Exit(ops.server(host, port))
 

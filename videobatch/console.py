@@ -24,10 +24,14 @@ if TYPE_CHECKING:
     from tasks.manifest import Manifest
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_STOPPED = 0, 1, 2
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 SANDBOX_TIME_SCALE = 0.04
+SANDBOX_POLL_S = 1.0
 
-out_console = Console()
-err = Console(stderr=True)
+# soft_wrap: a message is one line however narrow the terminal (and 80 columns in a pipe),
+# so logs and `grep` see each row's problem whole.
+out_console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 # Ledger states that need no more work in this run.
 _DONE_STATES = (
@@ -64,19 +68,25 @@ def dry_run(options: RunOptions) -> int:
     est = estimate_run(manifest, options)
     out_console.print(
         f"{est.rows} rows: [green]{est.valid} valid[/], [red]{est.invalid} invalid[/]. "
-        f"{est.valid} videos, estimated cost {est.cost:.2f} "
+        f"{est.valid} video{'' if est.valid == 1 else 's'}, estimated cost {est.cost:.2f} "
         f"(price table is an estimate), about {est.minutes_low:.0f}-{est.minutes_high:.0f} min "
         f"at concurrency {options.concurrency}. Nothing was sent."
     )
     return EXIT_OK if est.invalid == 0 else EXIT_INCOMPLETE
 
 
+SANDBOX_NOTICE = "No real videos are made and nothing is paid."
+
+
 @contextmanager
-def _sandbox_if_needed(options: RunOptions, forced: bool) -> Iterator[RunOptions]:
-    """With --sandbox, or with neither a key nor an endpoint, run against the emulator."""
+def _sandbox_if_needed(options: RunOptions, forced: bool) -> Iterator[tuple[RunOptions, bool]]:
+    """With --sandbox, or with neither a key nor an endpoint, run against the emulator.
+
+    Yields the options to run with and whether they point at the emulator.
+    """
     no_endpoint = not (options.base_url or os.environ.get("APIMART_BASE_URL"))
     if not forced and (os.environ.get("APIMART_API_KEY") or not no_endpoint):
-        yield options
+        yield options, False
         return
     from apimart.sandbox import SandboxConfig, run_in_thread
 
@@ -84,14 +94,18 @@ def _sandbox_if_needed(options: RunOptions, forced: bool) -> Iterator[RunOptions
     with run_in_thread(config) as sandbox:
         err.print(
             "[bold yellow]SANDBOX: no API key and no endpoint given, so this run uses the "
-            f"offline emulator at {sandbox.url}. No real videos are made and nothing is paid.[/]"
+            f"offline emulator at {sandbox.url}. {SANDBOX_NOTICE}[/]"
         )
         previous = os.environ.get("APIMART_API_KEY")
         os.environ["APIMART_API_KEY"] = config.api_key
+        # The API's 8 s polling pace would make the emulator's fast tasks wait: poll every
+        # second instead, unless the user chose a pace (a flag or VIDEOBATCH_POLL_*).
+        update: dict[str, object] = {"base_url": sandbox.url}
+        for name in ("poll_initial_delay", "poll_interval"):
+            if getattr(options, name) == RunOptions.model_fields[name].default:
+                update[name] = SANDBOX_POLL_S
         try:
-            yield options.model_copy(
-                update={"base_url": sandbox.url, "poll_initial_delay": 1.0, "poll_interval": 1.0}
-            )
+            yield options.model_copy(update=update), True
         finally:
             if previous is None:
                 os.environ.pop("APIMART_API_KEY", None)
@@ -166,19 +180,59 @@ def run(options: RunOptions, *, sandbox: bool) -> int:
         err.print(f"[red]invalid, not sent:[/] {row.message}", highlight=False)
     from flows.generate import generate_videos
 
-    with _sandbox_if_needed(options, sandbox) as effective:
-        try:
-            with _Watcher(Path(effective.out), len(manifest.valid_rows)):
-                outcome = asyncio.run(generate_videos(options=effective))
-        except (RunRefused, LedgerLocked) as exc:
-            err.print(f"[bold red]not started:[/] {exc}")
-            return EXIT_STOPPED
-        except RunStopped as exc:
-            err.print(f"[bold red]stopped:[/] {exc}. Results so far are in {effective.out}.")
-            return EXIT_STOPPED
+    try:
+        with _sandbox_if_needed(options, sandbox) as (effective, emulated):
+            try:
+                with _Watcher(Path(effective.out), len(manifest.valid_rows)):
+                    outcome = asyncio.run(generate_videos(options=effective))
+            except (RunRefused, LedgerLocked) as exc:
+                err.print(f"[bold red]not started:[/] {exc}")
+                return EXIT_STOPPED
+            except RunStopped as exc:
+                err.print(f"[bold red]stopped:[/] {exc}. Results so far are in {effective.out}.")
+                return EXIT_STOPPED
+    except KeyboardInterrupt:
+        mid_post = _results_after_interrupt(options, manifest)
+        err.print(
+            "[bold yellow]interrupted.[/] Nothing paid is lost: every task id sent so far is in "
+            f"{options.out}/ledger.sqlite. Run the same command again to resume"
+            + (
+                f"; results so far are in {options.out}/results.parquet."
+                if mid_post is not None
+                else "."
+            )
+        )
+        if mid_post:
+            err.print(
+                f"{mid_post} rows were cut off mid-POST: their outcome is unknown, so the next "
+                "run holds them until you pass --resubmit-unknown."
+            )
+        return EXIT_INTERRUPTED
     _print_statuses(outcome["statuses"], title=f"videobatch {effective.out}")
     out_console.print(f"results: {effective.out}/results.parquet and results.csv")
+    if emulated:
+        # Also on stdout: whoever reads only the results must not take them for real videos.
+        out_console.print(
+            f"[bold yellow]SANDBOX run: these videos come from the offline emulator. "
+            f"{SANDBOX_NOTICE}[/]"
+        )
     return EXIT_OK if outcome["completed"] == outcome["rows"] else EXIT_INCOMPLETE
+
+
+def _results_after_interrupt(options: RunOptions, manifest: Manifest) -> int | None:
+    """Write the results table from the ledger as it stands when a run is cut short; return
+    how many rows were mid-POST (None when there was nothing to write from)."""
+    from tasks.ledger import DOUBTFUL, Ledger
+    from tasks.results import build_results, write_results
+
+    try:
+        with Ledger(options.out, readonly=True) as ledger:
+            records = ledger.all()
+        table = build_results(manifest, records, prices=options.prices)
+        write_results(table, Path(options.out))
+    except Exception:
+        return None
+    return sum(1 for r in records.values() if r.state in DOUBTFUL)
 
 
 def _print_statuses(statuses: dict[str, int], *, title: str) -> None:
