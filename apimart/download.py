@@ -14,7 +14,6 @@ import ipaddress
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,10 +98,11 @@ class _PartFile:
     """The temporary file a download grows in, with the running hash of what it holds."""
 
     def __init__(self, dest: Path) -> None:
-        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        # mkstemp makes the file private (0600); a finished video is an ordinary file.
-        os.fchmod(fd, 0o644)
-        self.path = Path(name)
+        # A fixed name, truncated on open: a process killed mid-download leaves one
+        # `.NAME.part`, which the next download of the same video reuses instead of
+        # piling up. One writer per destination at a time is the caller's promise.
+        self.path = dest.with_name(f".{dest.name}.part")
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.file = os.fdopen(fd, "wb")
         self.hasher = hashlib.sha256()
         self.size = 0

@@ -403,6 +403,8 @@ def _for_spreadsheets(table: pa.Table) -> pa.Table:
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Write beside the target, flush to disk, then rename over it: readers see old or new."""
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # mkstemp makes the file private; results are shared like the videos they describe.
+    os.fchmod(fd, 0o644)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

@@ -188,12 +188,10 @@ def test_kill_9_then_rerun_never_pays_twice_nor_loses_a_video(
         assert last.code == 0, last
         assert counters(sb) == before
 
+    # A download killed mid-way leaves `.ID.mp4.part`; the rerun's download of that video
+    # reuses the name and renames it into place, so nothing partial is left behind.
     leftovers = sorted(p.name for p in (out / "videos").glob(".*.part"))
-    if leftovers:
-        # Known bug (apimart/download.py `_PartFile`): a download killed mid-way leaves its
-        # randomly named temporary file behind, and no later run removes it. Everything else
-        # about this kill point has passed by now; make this a plain assert once it is fixed.
-        pytest.xfail(f"kill -9 mid-download left partial files in videos/: {leftovers}")
+    assert leftovers == [], leftovers
 
 
 def _assert_each_sent_row_paid_once(
