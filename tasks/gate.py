@@ -21,6 +21,10 @@ class SubmitGate:
     rate: float
     stop_reason: str | None = None  # authentication failure: nothing more is sent at all
     payment_exhausted: bool = False  # 402: no new submissions, in-flight tasks carry on
+    # After this many connection failures in a row the API is taken as unreachable and the
+    # rows left are not even tried (each try costs the client's whole connect-retry budget).
+    unreachable_after: int = 3
+    connect_failures: int = 0
     _next_at: float = 0.0
     _paused_until: float = 0.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -39,6 +43,13 @@ class SubmitGate:
         pause = retry_after if retry_after is not None else 5.0
         self._paused_until = max(self._paused_until, time.monotonic() + pause)
         return pause
+
+    @property
+    def unreachable(self) -> bool:
+        return self.connect_failures >= self.unreachable_after
+
+    def connected(self, ok: bool) -> None:
+        self.connect_failures = 0 if ok else self.connect_failures + 1
 
     def stop(self, reason: str) -> None:
         self.stop_reason = reason

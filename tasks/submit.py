@@ -109,6 +109,13 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
     for _ in range(MAX_THROTTLED_ROUNDS):
         await gate.wait_turn()
         gate.check()
+        if gate.unreachable:
+            return not_sent(
+                State.PENDING,
+                "not-sent",
+                error_code="connect",
+                error_message="the API was unreachable for the rows before this one; not tried",
+            )
         if gate.payment_exhausted:
             return not_sent(State.SKIPPED_PAYMENT, "skipped")
         ledger.record_intent(
@@ -139,6 +146,7 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
             log.warning("row %s: throttled; all submits pause %.1fs", row_id, pause)
             continue
         except ConnectError as exc:
+            gate.connected(False)
             log.error("row %s: API unreachable, row not sent: %s", row_id, exc)
             return not_sent(State.PENDING, "not-sent", error_code="connect", error_message=str(exc))
         except AuthenticationError:
@@ -162,6 +170,7 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
                 error_code=exc.error_type or "bad_request",
                 error_message=str(exc),
             )
+        gate.connected(True)
         ledger.record_submitted(row_id, task_id=result.task_id, status=result.status)
         log.info("row %s: submitted as %s (attempt %d)", row_id, result.task_id, attempt)
         return State.SUBMITTED

@@ -167,3 +167,25 @@ async def test_a_doubtful_row_stays_unknown_when_its_resend_gets_nowhere(tmp_pat
         assert record is not None and record.state == State.UNKNOWN
         assert rt.budget.committed == pytest.approx(committed)  # still at risk
         assert sb.state.counters.snapshot()["tasks_created"] == 1
+
+
+async def test_an_unreachable_api_is_given_up_on_after_a_few_rows(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    options = RunOptions(
+        manifest=str(_manifest(tmp_path / "m.csv", [f"row {i}" for i in range(6)])),
+        out=str(tmp_path / "out"),
+        base_url=f"http://127.0.0.1:{closed}",
+        submit_rate=1000,
+    )
+    async with open_run(options) as (key, rt):
+        states = [await submit_task.fn(key, f"r{i}") for i in range(6)]
+        assert states == [State.PENDING] * 6
+        assert rt.gate.unreachable
+        records = [rt.ledger.get(f"r{i}") for i in range(6)]
+        tried = [r for r in records if r is not None and "not tried" not in (r.error_message or "")]
+        assert len(tried) == 3  # the rest were not even attempted
+        assert rt.budget.committed == 0
