@@ -78,6 +78,17 @@ def dry_run(options: RunOptions) -> int:
 SANDBOX_NOTICE = "No real videos are made and nothing is paid."
 
 
+def _key_configured() -> bool:
+    """A key in the environment, or in the Secret block of a configured Prefect server."""
+    if os.environ.get("APIMART_API_KEY"):
+        return True
+    if not os.environ.get("PREFECT_API_URL"):
+        return False  # no server to hold a block; do not start one just to look
+    from tasks.runtime import resolve_api_key
+
+    return resolve_api_key() is not None
+
+
 @contextmanager
 def _sandbox_if_needed(options: RunOptions, forced: bool) -> Iterator[tuple[RunOptions, bool]]:
     """With --sandbox, or with neither a key nor an endpoint, run against the emulator.
@@ -85,7 +96,7 @@ def _sandbox_if_needed(options: RunOptions, forced: bool) -> Iterator[tuple[RunO
     Yields the options to run with and whether they point at the emulator.
     """
     no_endpoint = not (options.base_url or os.environ.get("APIMART_BASE_URL"))
-    if not forced and (os.environ.get("APIMART_API_KEY") or not no_endpoint):
+    if not forced and (not no_endpoint or _key_configured()):
         yield options, False
         return
     from apimart.sandbox import SandboxConfig, run_in_thread
