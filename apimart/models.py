@@ -196,11 +196,7 @@ class SubmitResult:
     @classmethod
     def from_body(cls, body: object) -> SubmitResult:
         """Accept both documented shapes: `data` as a one-item list or as an object."""
-        data = body.get("data") if isinstance(body, dict) else None
-        if isinstance(data, list) and data:
-            data = data[0]
-        if not isinstance(data, dict):
-            raise ProtocolError("submit answer has no task in `data`")
+        data = _data_object(body, "submit answer has no task in `data`")
         task_id = data.get("task_id") or data.get("id")
         if not isinstance(task_id, str) or not task_id:
             raise ProtocolError("submit answer has no task id")
@@ -256,11 +252,7 @@ class Task:
 
     @classmethod
     def from_body(cls, body: object) -> Task:
-        data = body.get("data") if isinstance(body, dict) else None
-        if isinstance(data, list) and data:
-            data = data[0]
-        if not isinstance(data, dict):
-            raise ProtocolError("task answer has no `data` object")
+        data = _data_object(body, "task answer has no `data` object")
         task_id = data.get("id") or data.get("task_id")
         status = data.get("status")
         if not isinstance(task_id, str) or not isinstance(status, str) or not status:
@@ -277,6 +269,16 @@ class Task:
             videos=_videos(data.get("result")),
             error=_task_error(data.get("error")),
         )
+
+
+def _data_object(body: object, missing: str) -> dict[str, Any]:
+    """The answer's `data`, whether the API sent it as an object or as a one-item list."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if isinstance(data, list) and data:
+        data = data[0]
+    if not isinstance(data, dict):
+        raise ProtocolError(missing)
+    return data
 
 
 def _number(value: object) -> float | None:
