@@ -1,59 +1,84 @@
 """`generate-sharded`: one large manifest as K `generate-videos` runs any worker can take.
 
-Wiring only: the shards are planned and merged by `tasks.shards`; each shard runs through
-`run_deployment`, so the work pool hands it to whichever worker, on whichever machine, is free.
+Wiring only: the shards are planned and merged by `tasks.shards` and run to the end by
+`tasks.shard_runs`, each through `run_deployment`, so the work pool hands it to whichever worker,
+on whichever machine, is free. Running it again with the same options resumes every shard from
+its own ledger; nothing is paid twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow
-from prefect.deployments.flow_runs import arun_deployment
 from prefect.runtime import flow_run
+from pydantic import Field
 
 from tasks.artifacts import artifact_key, publish_results
 from tasks.options import RunOptions
+from tasks.report import write_report
 from tasks.runtime import run_logger
+from tasks.shard_runs import ShardWatch, run_shard
 from tasks.shards import merge_shards, plan_shards
 
 SHARD_DEPLOYMENT = "generate-videos/generate-videos"
 
 
-@flow(name="generate-sharded", log_prints=False)
+class ShardsIncomplete(Exception):
+    """Some shard did not complete; the merged results say which rows are missing."""
+
+
+@flow(name="generate-sharded", log_prints=False, validate_parameters=True)
 async def generate_sharded(
-    options: RunOptions, shards: int = 4, deployment: str = SHARD_DEPLOYMENT
+    options: RunOptions,
+    shards: Annotated[int, Field(ge=1, le=1000)] = 4,
+    deployment: str = SHARD_DEPLOYMENT,
+    attempts: Annotated[int, Field(ge=1, le=20)] = 3,
+    dead_after: Annotated[float, Field(ge=5)] = 60.0,
 ) -> dict[str, Any]:
-    """Split the manifest into shards, run each as a deployment, merge the results in order."""
+    """Split the manifest into shards, run each as a deployment, merge the results in order.
+
+    Args:
+        options: How the manifest is run; `max_cost` is shared out among the shards.
+        shards: How many shards; the first run into an output folder fixes it.
+        deployment: The deployment that runs one shard.
+        attempts: Most flow runs started per shard (a crashed shard is started again).
+        dead_after: Seconds a shard run may read Pending or Running with nobody holding its
+            folder before it is taken for dead (its worker was killed) and started again;
+            keep it well above the 5-15 s a flow run takes to start.
+    """
     log = run_logger()
     plan = plan_shards(options, shards)
-    parent = flow_run.get_id() or "local"
-    log.info("%d shards of %s into %s", len(plan.shards), options.manifest, options.out)
-    runs = await asyncio.gather(
+    parent = str(flow_run.get_id() or "local")
+    parent_name = str(flow_run.get_name() or "sharded")
+    log.info("%d shards of %s into %s", len(plan.shards), plan.source, plan.out)
+    watch = ShardWatch(deployment=deployment, attempts=attempts, dead_after=dead_after)
+    outcomes = await asyncio.gather(
         *(
-            arun_deployment(
-                name=deployment,
-                parameters={"options": shard.model_dump(mode="json")},
-                flow_run_name=f"shard-{k}",
-                idempotency_key=f"{parent}-shard-{k}",
-                timeout=None,
-                poll_interval=2,
-                tags=["videobatch-shard"],
-            )
+            run_shard(k, shard, watch=watch, parent=parent, parent_name=parent_name)
             for k, shard in enumerate(plan.shards)
         )
     )
-    states = {run.name: run.state.name if run.state else "unknown" for run in runs}
-    log.info("shard runs ended: %s", states)
-    table = merge_shards(plan)
-    await publish_results(
-        table, key=artifact_key(options.out), title=f"videobatch {options.out}", report=None
+    states = {f"shard-{o.index}": o.state for o in outcomes}
+    table = merge_shards(plan, prices=options.prices)
+    report = write_report(plan.out, table) if options.report else None
+    markdown = await publish_results(
+        table, key=artifact_key(options.out), title=f"videobatch {options.out}", report=report
     )
     statuses = table.column("status").to_pylist()
-    return {
-        "out": options.out,
+    summary = {
+        "out": str(plan.out),
         "rows": len(statuses),
         "completed": statuses.count("completed"),
+        "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
         "shards": states,
+        "summary": markdown,
     }
+    unfinished = {k: v for k, v in states.items() if v != "Completed"}
+    if unfinished:
+        raise ShardsIncomplete(
+            f"shards that did not complete: {unfinished}; results merged into {plan.out}; "
+            "run again with the same options to resume them"
+        )
+    return summary

@@ -5,7 +5,9 @@
     inbox/rejected/      could not be read; `<name>.error.txt` beside it says why
 
 Each manifest runs into `OUT_ROOT/<file stem>/`, so dropping the same name again resumes the
-same ledger instead of paying again.
+same ledger instead of paying again. A manifest stays in the inbox while some row can still
+move (submitted, timed out, not yet sent, download failed); rows `unknown` keep it there too
+until a person decides (see `videobatch run --resubmit-unknown`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from tasks.ledger import LEDGER_FILE, Ledger
 from tasks.manifest import SUFFIXES
 
 DONE_DIR, REJECTED_DIR = "done", "rejected"
+# The global concurrency limit (limit 1) that keeps two inbox runs apart; `videobatch deploy`
+# creates it.
+INBOX_LIMIT = "videobatch-inbox"
 # A row in one of these will not change by running again without new flags.
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "invalid", "rejected"})
 # A file still being written (copied in over a network) should not be read half-way.
@@ -41,18 +47,52 @@ def waiting_manifests(inbox: Path, *, now: float | None = None) -> list[Path]:
 
 
 def output_folder(out_root: Path, manifest: Path) -> Path:
-    return out_root / manifest.stem
+    """`OUT_ROOT/<stem>`, unless that folder already belongs to another manifest of that stem.
+
+    `a.csv` and `a.parquet` must never share a ledger (rows are remembered by id), so the second
+    one gets `OUT_ROOT/a-parquet`. A folder belongs to the manifest *name* its ledger last ran,
+    so the same name dropped again resumes its own folder.
+    """
+    stem, kind = manifest.stem, manifest.suffix.lower().lstrip(".")
+    candidates = [stem, f"{stem}-{kind}", *(f"{stem}-{kind}-{n}" for n in range(2, 100))]
+    for name in candidates:
+        folder = out_root / name
+        owner = _folder_owner(folder)
+        if owner is None or owner == manifest.name:
+            return folder
+    raise RuntimeError(f"no free output folder for {manifest.name} under {out_root}")
+
+
+def _folder_owner(folder: Path) -> str | None:
+    """The file name of the manifest last run into `folder`, or None for an unused folder."""
+    if not (folder / LEDGER_FILE).exists():
+        return None
+    with Ledger(folder, readonly=True) as ledger:
+        source = ledger.meta("manifest")
+    return Path(source).name if source else None
 
 
 def is_finished(table: pa.Table) -> bool:
     return all(s in FINAL_STATUSES for s in table.column("status").to_pylist())
 
 
+def unsettled(table: pa.Table) -> dict[str, int]:
+    """Counts of the statuses that keep a manifest in the inbox (`unknown` needs a person)."""
+    statuses = [s for s in table.column("status").to_pylist() if s not in FINAL_STATUSES]
+    return {s: statuses.count(s) for s in sorted(set(statuses))}
+
+
 def _move(manifest: Path, folder: Path) -> Path:
+    """Move into `folder`, never overwriting an earlier manifest of the same name."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / manifest.name
-    if target.exists():  # never overwrite an earlier manifest of the same name
-        target = folder / f"{manifest.stem}-{time.strftime('%Y%m%dT%H%M%S')}{manifest.suffix}"
+    if target.exists():
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = folder / f"{manifest.stem}-{stamp}{manifest.suffix}"
+        n = 1
+        while target.exists():
+            n += 1
+            target = folder / f"{manifest.stem}-{stamp}-{n}{manifest.suffix}"
     return Path(shutil.move(str(manifest), target))
 
 

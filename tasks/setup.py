@@ -8,15 +8,22 @@ up in shell history), and the deployments of prefect.yaml.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks.inbox import INBOX_LIMIT
 from tasks.runtime import SECRET_BLOCK
 
 WORK_POOL = "videobatch"
-INBOX_LIMIT = "videobatch-inbox"
+# What `prefect deploy --all` creates from prefect.yaml (flow name/deployment name).
+DEPLOYMENTS = (
+    "generate-videos/generate-videos",
+    "generate-sharded/generate-sharded",
+    "inbox/inbox",
+)
 PROJECT_DIR_ENV = "VIDEOBATCH_PROJECT_DIR"
 
 # The server settings measured to keep up with thousands of task runs (prefect-notes.md).
@@ -35,7 +42,11 @@ class SetupReport:
 async def ensure_prefect_objects(api_key: str | None, *, pool: str = WORK_POOL) -> SetupReport:
     from prefect.blocks.system import Secret
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
+    from prefect.client.schemas.actions import (
+        GlobalConcurrencyLimitCreate,
+        GlobalConcurrencyLimitUpdate,
+        WorkPoolCreate,
+    )
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     report = SetupReport()
@@ -46,8 +57,14 @@ async def ensure_prefect_objects(api_key: str | None, *, pool: str = WORK_POOL) 
         except ObjectAlreadyExists:
             report.done.append(f"work pool {pool!r} already there")
         try:
-            await client.read_global_concurrency_limit_by_name(INBOX_LIMIT)
-            report.done.append(f"concurrency limit {INBOX_LIMIT!r} already there")
+            limit = await client.read_global_concurrency_limit_by_name(INBOX_LIMIT)
+            if limit.limit != 1 or not limit.active:
+                await client.update_global_concurrency_limit(
+                    INBOX_LIMIT, GlobalConcurrencyLimitUpdate(limit=1, active=True)
+                )
+                report.done.append(f"concurrency limit {INBOX_LIMIT!r} set back to 1")
+            else:
+                report.done.append(f"concurrency limit {INBOX_LIMIT!r} already there")
         except ObjectNotFound:
             await client.create_global_concurrency_limit(
                 GlobalConcurrencyLimitCreate(name=INBOX_LIMIT, limit=1)
@@ -57,13 +74,20 @@ async def ensure_prefect_objects(api_key: str | None, *, pool: str = WORK_POOL) 
         await Secret(value=api_key).save(SECRET_BLOCK, overwrite=True)
         report.done.append(f"secret block {SECRET_BLOCK!r} saved from APIMART_API_KEY")
     else:
-        report.done.append(f"no APIMART_API_KEY: secret block {SECRET_BLOCK!r} left as it is")
+        try:
+            await Secret.load(SECRET_BLOCK)
+            report.done.append(f"no APIMART_API_KEY: secret block {SECRET_BLOCK!r} kept as it is")
+        except ValueError:
+            report.done.append(
+                f"no APIMART_API_KEY and no secret block {SECRET_BLOCK!r}: runs will stop with "
+                "'no API key' unless workers have APIMART_API_KEY (run deploy again with it)"
+            )
     return report
 
 
 def deploy_all(project: Path) -> subprocess.CompletedProcess[str]:
     """`prefect --no-prompt deploy --all` from prefect.yaml, pinned to this project folder."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "APIMART_API_KEY"}  # not needed there
     env[PROJECT_DIR_ENV] = str(project.resolve())
     return subprocess.run(
         [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
@@ -75,11 +99,26 @@ def deploy_all(project: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+def public_api_url(host: str, port: int) -> str:
+    """The API address other machines use: the host name when listening on every interface."""
+    name = socket.gethostname() if host in WILDCARD_HOSTS else host
+    return f"http://{name}:{port}/api"
+
+
 def server_command(host: str, port: int) -> tuple[list[str], dict[str, str]]:
-    """The command and environment of a local Prefect server tuned for many task runs."""
+    """The command and environment of a local Prefect server tuned for many task runs.
+
+    Listening on every interface (`--host 0.0.0.0`), the UI is told to call the API by this
+    machine's name (else browsers elsewhere would call 0.0.0.0); PREFECT_UI_API_URL overrides.
+    """
     env = dict(os.environ)
     for key, value in SERVER_ENV.items():
         env.setdefault(key, value)
+    if host in WILDCARD_HOSTS:
+        env.setdefault("PREFECT_UI_API_URL", public_api_url(host, port))
     return [
         sys.executable,
         "-m",

@@ -10,27 +10,48 @@ from videobatch.console import EXIT_OK, EXIT_STOPPED, err, out_console
 
 
 def deploy(project: Path) -> int:
-    from tasks.setup import deploy_all, ensure_prefect_objects
+    from tasks.setup import DEPLOYMENTS, deploy_all, ensure_prefect_objects
 
     if not os.environ.get("PREFECT_API_URL"):
         err.print("set PREFECT_API_URL to the server to set up (see `videobatch server`)")
         return EXIT_STOPPED
-    report = asyncio.run(ensure_prefect_objects(os.environ.get("APIMART_API_KEY")))
+    project = project.expanduser().resolve()
+    if not (project / "prefect.yaml").is_file():
+        err.print(f"no prefect.yaml in {project}: pass --project with the videobatch folder")
+        return EXIT_STOPPED
+    try:
+        report = asyncio.run(ensure_prefect_objects(os.environ.get("APIMART_API_KEY")))
+    except Exception as exc:
+        err.print(f"[bold red]cannot set up {os.environ['PREFECT_API_URL']}:[/] {exc}")
+        return EXIT_STOPPED
     for line in report.done:
         out_console.print(f"✓ {line}")
     result = deploy_all(project)
     if result.returncode != 0:
         err.print(f"[bold red]prefect deploy failed:[/]\n{result.stdout}\n{result.stderr}")
         return EXIT_STOPPED
-    out_console.print("✓ deployments created from prefect.yaml")
+    out_console.print(f"✓ deployments created from {project / 'prefect.yaml'}:")
+    for name in DEPLOYMENTS:
+        out_console.print(f"    {name}")
+    out_console.print(
+        "next: start a worker in this folder with "
+        "`uv run prefect worker start --pool videobatch --limit 4`"
+    )
     return EXIT_OK
 
 
 def server(host: str, port: int) -> int:
-    from tasks.setup import server_command
+    from tasks.setup import WILDCARD_HOSTS, public_api_url, server_command
 
     command, env = server_command(host, port)
-    err.print(f"Prefect server with UI at http://{host}:{port} (Ctrl-C stops it)")
-    err.print(f"in another shell: export PREFECT_API_URL=http://{host}:{port}/api")
+    local = "127.0.0.1" if host in WILDCARD_HOSTS else host
+    database = env.get("PREFECT_API_DATABASE_CONNECTION_URL") or env.get(
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL"
+    )
+    where = "PostgreSQL" if database and database.startswith("postgresql") else "SQLite"
+    err.print(f"Prefect server with UI at http://{local}:{port} ({where}; Ctrl-C stops it)")
+    err.print(f"in another shell: export PREFECT_API_URL=http://{local}:{port}/api")
+    if host in WILDCARD_HOSTS:
+        err.print(f"workers on other machines: export PREFECT_API_URL={public_api_url(host, port)}")
     os.execvpe(command[0], command, env)
     return EXIT_OK  # pragma: no cover - exec does not return

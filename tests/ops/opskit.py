@@ -1,0 +1,319 @@
+"""Helpers of the operations tests: real processes (Prefect server, sandbox, workers) on loopback.
+
+A plain module (tests/ is not a package). Every process is started in its own session, its
+output goes to a log file, and `Processes.stop_all` ends each one by its own id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+API_KEY = "sk-CANARY-ops-5d1f0c2a9e"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    check: Callable[[], T | None],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.5,
+    logs: list[Path] | None = None,
+) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` (and log tails)."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:  # a server that is not up yet
+            last_error = exc
+        time.sleep(interval)
+    tails = "".join(f"\n--- {p.name} ---\n{tail(p)}" for p in logs or [])
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {what} ({last_error!r}){tails}"
+    )
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (flow-run processes run in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill_tree(self) -> list[int]:
+        """SIGKILL the process, its process group and every descendant, as a crash would."""
+        tree = [self.pid, *descendants(self.pid)]
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)  # its session/group, if it leads one
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=10)
+        return tree
+
+    def stop(self, *, sigints: int, grace: float) -> None:
+        """SIGINT (`sigints` times, a worker needs two), then SIGKILL whatever is left."""
+        tree = [self.pid, *descendants(self.pid)]
+        for _ in range(sigints):
+            if not self.alive():
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=grace)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=10)
+
+
+@dataclass
+class Processes:
+    """The processes a test started; `stop_all` ends each of them by its own id."""
+
+    logs: Path
+    started: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
+        log = self.logs / f"{name}.log"
+        with log.open("ab") as handle:
+            popen = subprocess.Popen(
+                args,
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = Proc(name, popen, log)
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        # Workers first (two SIGINTs), then the sandbox, the server last.
+        for proc in reversed(self.started):
+            if proc.alive():
+                is_worker = proc.name.startswith("worker")
+                proc.stop(sigints=2 if is_worker else 1, grace=3.0 if is_worker else 10.0)
+
+
+def prefect_env(home: Path, api_url: str) -> dict[str, str]:
+    """The environment of every Prefect process of the test: isolated home, tuned server."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "APIMART_", "VIDEOBATCH_"))
+    }
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=api_url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE="200",
+        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE="500",
+        PREFECT_WORKER_QUERY_SECONDS="2",
+        PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def prefect(*args: str) -> list[str]:
+    return [sys.executable, "-m", "prefect", *args]
+
+
+def videobatch(*args: str) -> list[str]:
+    return [sys.executable, "-m", "videobatch.cli", *args]
+
+
+def write_manifest(path: Path, name: str, rows: int) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "prompt", "duration", "resolution", "campaign"])
+        for i in range(rows):
+            writer.writerow(
+                [
+                    f"{name}-{i:03d}",
+                    f"{name} clip {i}: a paper boat drifts down a rainy street at dusk",
+                    4,
+                    "720p",
+                    f"batch-{i % 3}",
+                ]
+            )
+    return path
+
+
+def prompt_of(name: str, i: int) -> str:
+    return f"{name} clip {i}: a paper boat drifts down a rainy street at dusk"
+
+
+class Api:
+    """The few Prefect REST calls the tests need, without the Prefect client's settings."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=30)
+
+    def healthy(self) -> bool:
+        return self.http.get("/health").status_code == 200
+
+    def run_deployment(self, name: str, parameters: dict[str, Any]) -> str:
+        deployment = self.http.get(f"/deployments/name/{name}")
+        deployment.raise_for_status()
+        created = self.http.post(
+            f"/deployments/{deployment.json()['id']}/create_flow_run",
+            json={"parameters": parameters},
+        )
+        created.raise_for_status()
+        return str(created.json()["id"])
+
+    def flow_run(self, run_id: str) -> dict[str, Any]:
+        response = self.http.get(f"/flow_runs/{run_id}")
+        response.raise_for_status()
+        return dict(response.json())
+
+    def state(self, run_id: str) -> str:
+        state = self.flow_run(run_id).get("state") or {}
+        return str(state.get("name", ""))
+
+    def final_state(self, run_id: str) -> str | None:
+        state = self.flow_run(run_id).get("state") or {}
+        if state.get("type") in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+            return str(state["name"])
+        return None
+
+    def flow_runs(self, *, tag: str | None = None) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"limit": 200, "sort": "EXPECTED_START_TIME_ASC"}
+        if tag:
+            body["flow_runs"] = {"tags": {"all_": [tag]}}
+        response = self.http.post("/flow_runs/filter", json=body)
+        response.raise_for_status()
+        return list(response.json())
+
+    def logs(self, run_id: str) -> list[str]:
+        response = self.http.post(
+            "/logs/filter",
+            json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200},
+        )
+        response.raise_for_status()
+        return [str(entry["message"]) for entry in response.json()]
+
+
+class Sandbox:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def stats(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.url}/_sandbox/stats", timeout=10).json())
+
+    def created_by_prompt(self) -> dict[str, int]:
+        return dict(self.stats()["tasks_created_by_prompt"])
+
+
+def submitted_by(worker_log: Path) -> set[str]:
+    """Flow run ids a worker's own log says it submitted."""
+    ids = set()
+    for line in worker_log.read_text(errors="replace").splitlines():
+        if "submitting flow run '" in line:
+            ids.add(line.split("submitting flow run '", 1)[1].split("'", 1)[0])
+    return ids
+
+
+# A 3-5 minute task takes 2-3 s: long enough to kill a worker in the middle of a shard.
+SANDBOX_TIME_SCALE = "0.01"
+WORKER_LIMIT = "3"
+
+
+@dataclass
+class Stack:
+    api: Api
+    sandbox: Sandbox
+    env: dict[str, str]
+    procs: Processes
+    tmp: Path
+    workers: dict[str, Proc] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def start_worker(self, name: str) -> Proc:
+        proc = self.procs.start(
+            name,
+            prefect(
+                "worker", "start", "--pool", "videobatch", "--name", name, "--limit", WORKER_LIMIT
+            ),
+            self.env,
+        )
+        self.workers[name] = proc
+        return proc
+
+    def wait_worker_ready(self, proc: Proc, timeout: float = 60) -> None:
+        wait_for(
+            lambda: f"Worker '{proc.name}' started" in proc.log.read_text(errors="replace"),
+            timeout=timeout,
+            what=f"{proc.name} to start",
+            logs=[proc.log],
+        )
+
+    def logs(self) -> list[Path]:
+        return [p.log for p in self.procs.started]
