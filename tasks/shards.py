@@ -19,7 +19,6 @@ guarantee: budget one shard leaves unused is not lent to another.)
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -30,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from apimart import spec
+from tasks.download import file_sha256
 from tasks.ledger import LEDGER_FILE, LOCK_FILE, Ledger, RowRecord
 from tasks.manifest import Manifest, ManifestRow, read_manifest
 from tasks.options import RunOptions
@@ -56,14 +56,6 @@ class ShardPlan:
     def row_ids(self) -> tuple[tuple[str, ...], ...]:
         """The ids of each shard's rows, read back from the shard manifests."""
         return tuple(tuple(_shard_ids(Path(s.manifest))) for s in self.shards)
-
-
-def _fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shard_folder(out: Path, k: int) -> Path:
@@ -158,7 +150,7 @@ def plan_shards(options: RunOptions, count: int) -> ShardPlan:
         raise ValueError("shards must be at least 1")
     out = Path(options.out).resolve()
     source = Path(options.manifest).expanduser().resolve()
-    digest = _fingerprint(source)
+    digest = file_sha256(source)
     plan_path = out / PLAN_FILE
     saved = json.loads(plan_path.read_text(encoding="utf-8")) if plan_path.exists() else None
     if saved is not None:
@@ -207,6 +199,16 @@ def plan_shards(options: RunOptions, count: int) -> ShardPlan:
             )
         )
     return ShardPlan(out=out, source=source, manifest_sha256=digest, shards=tuple(shard_options))
+
+
+def saved_plan(out: Path, options: RunOptions | None = None) -> ShardPlan | None:
+    """The plan of a folder a sharded run wrote, or None when the folder is not sharded."""
+    plan_path = Path(out) / PLAN_FILE
+    if not plan_path.exists():
+        return None
+    saved = json.loads(plan_path.read_text(encoding="utf-8"))
+    base = options or RunOptions(manifest=saved["source"], out=str(out))
+    return plan_shards(base.model_copy(update={"manifest": saved["source"]}), int(saved["count"]))
 
 
 def merged_records(plan: ShardPlan) -> dict[str, RowRecord]:

@@ -255,32 +255,61 @@ def _print_statuses(statuses: dict[str, int], *, title: str) -> None:
     out_console.print(table)
 
 
+def _ledger_folders(out: Path) -> list[Path]:
+    """OUT itself, or the shard folders of a sharded run into OUT."""
+    from tasks.ledger import LEDGER_FILE
+
+    if (out / LEDGER_FILE).exists() or not (out / "shards.json").exists():
+        return [out]
+    from tasks.shards import SHARDS_DIR
+
+    return sorted(p for p in (out / SHARDS_DIR).glob("shard-*") if (p / LEDGER_FILE).exists())
+
+
 def status(out: Path) -> int:
+    from collections import Counter
+
     from tasks.ledger import LOCK_FILE, Ledger
 
-    try:
-        ledger = Ledger(out, readonly=True)
-    except FileNotFoundError as exc:
-        err.print(str(exc))
-        return EXIT_STOPPED
-    with ledger:
-        counts, spent, at_risk = ledger.counts(), ledger.spent(), ledger.committed_cost()
-        unknown = [r for r in ledger.all().values() if r.state in ("unknown", "intent")]
-    lock = out / LOCK_FILE
-    holder = lock.read_text().strip() if lock.exists() else ""
-    _print_statuses(counts, title=f"ledger of {out}")
+    counts: Counter[str] = Counter()
+    spent = at_risk = 0.0
+    unknown = 0
+    holders = []
+    for folder in _ledger_folders(out):
+        try:
+            ledger = Ledger(folder, readonly=True)
+        except FileNotFoundError as exc:
+            err.print(str(exc))
+            return EXIT_STOPPED
+        with ledger:
+            counts.update(ledger.counts())
+            spent += ledger.spent()
+            at_risk += ledger.committed_cost()
+            unknown += sum(r.state in ("unknown", "intent") for r in ledger.all().values())
+        lock = folder / LOCK_FILE
+        if lock.exists() and lock.read_text().strip():
+            holders.append(lock.read_text().strip())
+    _print_statuses(dict(counts), title=f"ledger of {out}")
     out_console.print(
         f"spent {spent:.2f}; spent or reserved {at_risk:.2f}; "
-        f"{len(unknown)} rows with an unknown POST outcome"
-        + (f"; last run: {holder}" if holder else "")
+        f"{unknown} rows with an unknown POST outcome"
+        + (f"; last run: {', '.join(sorted(set(holders)))}" if holders else "")
     )
     return EXIT_OK
 
 
 def rebuild_results(out: Path, manifest_path: Path | None) -> int:
-    from tasks.ledger import Ledger
+    from tasks.ledger import LEDGER_FILE, Ledger
     from tasks.results import build_results, write_results
 
+    if not (out / LEDGER_FILE).exists() and (out / "shards.json").exists():
+        from tasks.shards import merge_shards, saved_plan
+
+        plan = saved_plan(out)
+        assert plan is not None
+        table = merge_shards(plan)
+        out_console.print(f"merged {len(plan.shards)} shards into {out} ({table.num_rows} rows)")
+        return EXIT_OK
     try:
         ledger = Ledger(out, readonly=True)
     except FileNotFoundError as exc:
