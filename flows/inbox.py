@@ -29,6 +29,7 @@ from tasks.ledger import LedgerLocked
 from tasks.manifest import ManifestError, read_manifest
 from tasks.options import RunOptions
 from tasks.results import read_results
+from tasks.run import ManifestConflict
 from tasks.runtime import run_logger
 
 
@@ -93,6 +94,10 @@ async def _one(manifest: Path, out_root: Path, defaults: RunOptions | None) -> s
     except LedgerLocked:
         log.warning("%s is being run elsewhere; next tick", manifest.name)
         return "busy"
+    except ManifestConflict as exc:
+        moved = file_rejected(manifest, str(exc))
+        log.error("rejected %s (moved to %s): %s", manifest.name, moved.parent, exc)
+        return "rejected"
     table = read_results(Path(options.out))
     if is_finished(table):
         moved = file_done(manifest)

@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from apimart.client import AsyncAPIMartClient
 from tasks.gate import Budget, SubmitGate
-from tasks.ledger import State, open_ledger, request_hash
-from tasks.manifest import Manifest, read_manifest
+from tasks.ledger import NEVER_SENT, Ledger, State, open_ledger, request_hash
+from tasks.manifest import Manifest, ManifestRow, read_manifest
 from tasks.options import RunOptions
 from tasks.results import build_results, write_results
 from tasks.runtime import (
@@ -33,6 +33,37 @@ from tasks.runtime import (
 
 class RunRefused(Exception):
     """The run cannot start (no key, unreadable manifest): nothing was sent."""
+
+
+class ManifestConflict(RunRefused):
+    """The output folder holds paid tasks for rows the manifest no longer asks for as sent."""
+
+
+def ledger_conflicts(manifest: Manifest, ledger: Ledger) -> list[str]:
+    """Rows with a task (or a doubtful POST) in OUT that the manifest now contradicts.
+
+    Resuming over them would be wrong either way: the old video would be reported for a new
+    prompt, or a row that moved would be paid for again under another id, or a paid task
+    would silently drop out of the results.
+    """
+    rows: dict[str, ManifestRow] = {}
+    for each in manifest.rows:
+        rows.setdefault(each.id, each)  # a duplicate id is the later, invalid copy
+    problems = []
+    for record in ledger.all().values():
+        if record.state in NEVER_SENT:
+            continue
+        task = f"task {record.task_id}" if record.task_id else "a POST of unknown outcome"
+        row = rows.get(record.row_id)
+        if row is None:
+            problems.append(
+                f"{record.row_id}: has {task} in this folder but is not in the manifest"
+            )
+        elif row.request is None:
+            problems.append(f"{record.row_id}: has {task} but the manifest row is now invalid")
+        elif record.request_hash and record.request_hash != request_hash(row.request):
+            problems.append(f"{record.row_id}: the row changed since it was sent ({task})")
+    return problems
 
 
 def rows_needing_work(runtime: Runtime) -> list[str]:
@@ -85,6 +116,14 @@ async def open_run(
     install_redaction(api_key)
     out = Path(options.out)
     with open_ledger(out) as ledger:
+        conflicts = ledger_conflicts(manifest, ledger)
+        if conflicts:
+            shown = "; ".join(conflicts[:10]) + (" ..." if len(conflicts) > 10 else "")
+            raise ManifestConflict(
+                f"{out} was run with another version of this manifest ({len(conflicts)} rows "
+                f"differ: {shown}). Nothing was sent. Use a new --out folder for a changed "
+                "manifest, or restore those rows."
+            )
         ledger.set_meta("manifest", str(manifest.path))
         for row in manifest.valid_rows:
             ledger.ensure(row.id, row.index)

@@ -297,3 +297,26 @@ async def test_canary_key_reaches_no_file_log_or_artifact(
         assert API_KEY not in blob and "sig=" not in blob
     for log in logs:
         assert API_KEY not in log.message and "sig=" not in log.message
+
+
+async def test_a_changed_manifest_is_refused_before_anything_is_sent(
+    make_sandbox: MakeSandbox, tmp_path: Path
+) -> None:
+    from tasks.run import ManifestConflict
+
+    sb = make_sandbox()
+    # No id column: rows are named by position, so inserting a row shifts every name.
+    first = [{"prompt": "alpha lake", "duration": 4}, {"prompt": "beta forest", "duration": 4}]
+    manifest = write_manifest(tmp_path / "m.csv", first)
+    out = tmp_path / "out"
+    await generate_videos(options=fast_options(manifest, out, sb.url))
+    before = sb.state.counters.snapshot()
+
+    write_manifest(tmp_path / "m.csv", [{"prompt": "gamma desert", "duration": 4}, *first])
+    with pytest.raises(ManifestConflict, match="row-00001: the row changed"):
+        await generate_videos(options=fast_options(manifest, out, sb.url))
+    assert sb.state.counters.snapshot() == before  # nothing sent, nothing paid twice
+
+    write_manifest(tmp_path / "m.csv", first[:1])  # a paid row dropped from the manifest
+    with pytest.raises(ManifestConflict, match=r"row-00002: has task .* not in the manifest"):
+        await generate_videos(options=fast_options(manifest, out, sb.url))
