@@ -8,6 +8,9 @@ twice; resending is the ledger's decision, not Prefect's.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Coroutine
 from typing import Any
 
 from prefect import task
@@ -21,11 +24,58 @@ from apimart.errors import (
     RateLimitError,
     SubmitOutcomeUnknown,
 )
+from apimart.models import SubmitResult, VideoRequest
 from tasks.ledger import DOUBTFUL, State, request_hash
 from tasks.runtime import Runtime, get_runtime, run_logger
 
 # How often one row is re-queued after 429s that outlasted the client's own retries.
 MAX_THROTTLED_ROUNDS = 8
+# How long a cancelled run still waits for a POST under way to answer and be recorded.
+ANSWER_GRACE_S = 90.0
+RECORD_TRIES = 5
+
+
+async def _post_and_record(
+    runtime: Runtime, row_id: str, request: VideoRequest, key: str
+) -> SubmitResult:
+    result = await runtime.client.submit(request, idempotency_key=key)
+    _record_task_id(runtime, row_id, result)
+    return result
+
+
+def _record_task_id(runtime: Runtime, row_id: str, result: SubmitResult) -> None:
+    """The one write that must not be lost: a paid task whose id is forgotten is lost money."""
+    for attempt in range(1, RECORD_TRIES + 1):
+        try:
+            runtime.ledger.record_submitted(row_id, task_id=result.task_id, status=result.status)
+            return
+        except Exception as exc:
+            run_logger().error(
+                "row %s: PAID task %s created but not recorded (try %d of %d): %s",
+                row_id,
+                result.task_id,
+                attempt,
+                RECORD_TRIES,
+                exc,
+            )
+            if attempt == RECORD_TRIES:
+                raise
+            time.sleep(0.2 * attempt)
+
+
+async def _shielded(post: Coroutine[Any, Any, SubmitResult]) -> SubmitResult:
+    """Let a POST under way reach the ledger even when the run is cancelled (Ctrl-C).
+
+    Cancelling between the request and the write of its task id would forget a paid task.
+    """
+    inner = asyncio.ensure_future(post)
+    try:
+        return await asyncio.shield(inner)
+    except asyncio.CancelledError:
+        await asyncio.wait({inner}, timeout=ANSWER_GRACE_S)
+        if inner.done() and not inner.cancelled():
+            inner.exception()  # seen here; the outcome is in the ledger either way
+        raise
 
 
 def submit_decision(runtime: Runtime, row_id: str) -> tuple[str, int] | str:
@@ -127,7 +177,7 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
             run_id=runtime.run_id,
         )
         try:
-            result = await runtime.client.submit(row.request, idempotency_key=key)
+            result = await _shielded(_post_and_record(runtime, row_id, row.request, key))
         except SubmitOutcomeUnknown as exc:
             ledger.update(
                 row_id,
@@ -171,7 +221,6 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
                 error_message=str(exc),
             )
         gate.connected(True)
-        ledger.record_submitted(row_id, task_id=result.task_id, status=result.status)
         log.info("row %s: submitted as %s (attempt %d)", row_id, result.task_id, attempt)
         return State.SUBMITTED
     return not_sent(State.PENDING, "not-sent", error_code="rate_limited")

@@ -189,3 +189,19 @@ async def test_an_unreachable_api_is_given_up_on_after_a_few_rows(tmp_path: Path
         tried = [r for r in records if r is not None and "not tried" not in (r.error_message or "")]
         assert len(tried) == 3  # the rest were not even attempted
         assert rt.budget.committed == 0
+
+
+async def test_a_cancelled_run_still_records_the_task_its_post_created(tmp_path: Path) -> None:
+    import asyncio
+
+    faults = Faults(submit_late_after_create=FaultRule(rate=1.0), late_s=1.0)
+    async with runtime_for(tmp_path, ["slow answer"], faults) as (key, rt, sb):
+        step = asyncio.ensure_future(submit_task.fn(key, "r0"))
+        while not sb.state.counters.snapshot()["tasks_created"]:
+            await asyncio.sleep(0.05)
+        step.cancel()  # Ctrl-C while the answer is on its way
+        with pytest.raises(asyncio.CancelledError):
+            await step
+        record = rt.ledger.get("r0")
+        assert record is not None and record.state == State.SUBMITTED
+        assert record.task_id is not None and record.task_id.startswith("task_")
