@@ -71,8 +71,8 @@ class Budget:
     committed: float = 0.0
 
     def reserve(self, estimate: float) -> bool:
-        if self.cap is not None and self.committed + estimate > self.cap + 1e-9:
-            return False
+        if self.cap is not None and not (self.committed + estimate <= self.cap + 1e-9):
+            return False  # written so that a NaN anywhere refuses rather than admits
         self.committed += estimate
         return True
 

@@ -344,20 +344,15 @@ class Ledger:
 
     # -- money ------------------------------------------------------------------------------
     def committed_cost(self) -> float:
-        """Money spent or at risk: real cost where known, the estimate where not yet."""
+        """Money spent or at risk: the real cost where known, the estimate where not (yet)."""
+        at_risk = sorted((WITH_TASK | DOUBTFUL) - {State.FAILED, State.CANCELLED})
+        marks = ", ".join("?" for _ in at_risk)
         with self._lock:
             row = self._db.execute(
                 "SELECT COALESCE(SUM(CASE WHEN cost IS NOT NULL THEN cost "
-                "WHEN state IN (?, ?, ?, ?, ?, ?) THEN COALESCE(estimated_cost, 0) "
+                f"WHEN state IN ({marks}) THEN COALESCE(estimated_cost, 0) "
                 "ELSE 0 END), 0) FROM rows",
-                (
-                    State.INTENT,
-                    State.UNKNOWN,
-                    State.SUBMITTED,
-                    State.TIMEOUT,
-                    State.COMPLETED,
-                    State.DOWNLOAD_FAILED,
-                ),
+                at_risk,
             ).fetchone()
         return float(row[0])
 

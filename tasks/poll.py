@@ -34,6 +34,12 @@ def record_terminal(runtime: Runtime, row_id: str, task: Task, polls: int) -> st
     """Write a finished task into the ledger; keep its fresh link in memory only."""
     record = runtime.ledger.get(row_id)
     assert record is not None
+    cost = task.cost
+    if cost is not None and cost < 0:
+        run_logger().warning("row %s: the API reported a negative cost %s; ignored", row_id, cost)
+        cost = None
+    if cost is None and task.status != spec.STATUS_COMPLETED:
+        cost = 0.0  # failed and cancelled tasks are not charged
     common: dict[str, Any] = {
         "api_status": task.status,
         "terminal_at": time.time(),
@@ -41,9 +47,7 @@ def record_terminal(runtime: Runtime, row_id: str, task: Task, polls: int) -> st
         "api_completed": task.completed,
         "generation_s": task.actual_time,
         "polls": polls,
-        "cost": task.cost
-        if task.cost is not None
-        else (0.0 if task.status != "completed" else None),
+        "cost": cost,
     }
     runtime.budget.settle(record.estimated_cost or 0.0, common["cost"])
     if task.status == spec.STATUS_COMPLETED:

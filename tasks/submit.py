@@ -117,38 +117,39 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
     if gate.payment_exhausted:
         if doubtful:
             return State.UNKNOWN
-        ledger.update(row_id, "skipped", state=State.SKIPPED_PAYMENT)
+        ledger.update(row_id, "skipped", state=State.SKIPPED_PAYMENT, attempt=attempt)
         return State.SKIPPED_PAYMENT
-    if doubtful:
-        # The ledger counted this row's estimate as money at risk when the run began; it is
-        # reserved afresh below like any other row, so the budget never counts it twice.
-        runtime.budget.release(estimate)
+    # What the ledger counted as at risk for a doubtful row when the run began; it is
+    # reserved afresh below like any other row, so the budget never counts it twice.
+    at_risk = (record.estimated_cost or estimate) if doubtful else 0.0
+    runtime.budget.release(at_risk)
     if not runtime.budget.reserve(estimate):
         if doubtful:
-            runtime.budget.committed += estimate  # still at risk: it stays `unknown`
+            runtime.budget.committed += at_risk  # still at risk: it stays `unknown`
             return State.UNKNOWN
         ledger.update(
             row_id,
             "skipped",
             state=State.SKIPPED_BUDGET,
+            attempt=attempt,
             estimated_cost=estimate,
             error_code="budget",
             error_message=f"estimated {estimate:.2f} would pass the cap {runtime.budget.cap}",
         )
         return State.SKIPPED_BUDGET
 
-    def not_sent(state: str, event: str, **fields: Any) -> str:
+    def not_sent(state: str, event: str, *, settles_doubt: bool = False, **fields: Any) -> str:
         """This POST certainly created nothing: give the reservation back.
 
         A resend of a doubtful row that never got through says nothing of the first POST, so
-        the row stays `unknown` with its estimate at risk. Only a 400 to the identical body
-        settles it: the first one was refused too.
+        the row stays `unknown` with its estimate at risk, unless the answer settles the doubt.
+        The attempt number is kept, so `--retry-failed` is not undone by a skip.
         """
-        if doubtful and state != State.REJECTED:
+        if doubtful and not settles_doubt:
             ledger.update(row_id, event, state=State.UNKNOWN, **fields)
             return State.UNKNOWN
         runtime.budget.release(estimate)
-        ledger.update(row_id, event, state=state, **fields)
+        ledger.update(row_id, event, state=state, attempt=attempt, **fields)
         return state
 
     req_hash = request_hash(row.request)
@@ -214,9 +215,12 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
             )
         except BadRequestError as exc:
             log.error("row %s: rejected by the API: %s", row_id, exc)
+            # Only a plain 400 to the very same body says the first POST was refused too; a
+            # 409 or 422 from a server that knows the key means the first task exists.
             return not_sent(
                 State.REJECTED,
                 "rejected",
+                settles_doubt=exc.status_code == 400,
                 error_code=exc.error_type or "bad_request",
                 error_message=str(exc),
             )

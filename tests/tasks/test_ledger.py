@@ -137,3 +137,14 @@ def test_update_refuses_unknown_columns_and_rows(tmp_path: Path) -> None:
 def test_readonly_ledger_needs_an_existing_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nothing was run"):
         Ledger(tmp_path / "none", readonly=True)
+
+
+def test_a_video_whose_cost_was_never_reported_still_counts_at_its_estimate(
+    tmp_path: Path,
+) -> None:
+    with Ledger(tmp_path) as ledger:
+        ledger.ensure("done", 0)
+        ledger.update("done", state=State.DOWNLOADED, estimated_cost=0.3, cost=None)
+        ledger.ensure("lost", 1)
+        ledger.update("lost", state=State.FAILED, estimated_cost=0.3, cost=None)
+        assert ledger.committed_cost() == pytest.approx(0.3)

@@ -205,3 +205,15 @@ async def test_a_cancelled_run_still_records_the_task_its_post_created(tmp_path:
         record = rt.ledger.get("r0")
         assert record is not None and record.state == State.SUBMITTED
         assert record.task_id is not None and record.task_id.startswith("task_")
+
+
+def test_a_nan_anywhere_refuses_rather_than_admits() -> None:
+    assert not Budget(cap=1.0, committed=float("nan")).reserve(0.1)
+
+
+def test_non_finite_costs_are_not_numbers() -> None:
+    from apimart.models import Task
+
+    for cost in ("NaN", "Infinity", float("inf"), "-inf"):
+        task = Task.from_body({"data": {"id": "t", "status": "completed", "cost": cost}})
+        assert task.cost is None
