@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +175,10 @@ def prefect_env(home: Path, api_url: str) -> dict[str, str]:
         PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE="200",
         PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE="500",
         PREFECT_WORKER_QUERY_SECONDS="2",
+        # Nothing here reads stored events, and they are most of the server's SQLite writes:
+        # under two polling workers those writes stalled the API for a minute ("database is
+        # locked"), so the test server does not keep them.
+        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED="false",
         PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
     )
@@ -222,10 +227,16 @@ class Api:
     def run_deployment(self, name: str, parameters: dict[str, Any]) -> str:
         deployment = self.http.get(f"/deployments/name/{name}")
         deployment.raise_for_status()
-        created = self.http.post(
-            f"/deployments/{deployment.json()['id']}/create_flow_run",
-            json={"parameters": parameters},
-        )
+        # A busy SQLite server answers 503; the idempotency key makes the retry safe.
+        key = uuid.uuid4().hex
+        for attempt in range(5):
+            created = self.http.post(
+                f"/deployments/{deployment.json()['id']}/create_flow_run",
+                json={"parameters": parameters, "idempotency_key": key},
+            )
+            if created.status_code != 503:
+                break
+            time.sleep(2.0 * (attempt + 1))
         created.raise_for_status()
         return str(created.json()["id"])
 

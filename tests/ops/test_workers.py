@@ -127,7 +127,7 @@ def test_worker_killed_mid_run_then_rerun_pays_nothing_twice(stack: Stack) -> No
         return holders[0] if any(midway(r) for r in mine) else None
 
     name = wait_for(
-        victim, timeout=90, interval=0.3, what="a worker in mid-shard", logs=stack.logs()
+        victim, timeout=150, interval=0.3, what="a worker in mid-shard", logs=stack.logs()
     )
     killed = stack.workers[name].kill_tree()  # the worker, the parent run and its shard runs
     assert len(killed) >= 3, killed
