@@ -184,6 +184,11 @@ def raise_for_response(response: httpx.Response) -> None:
     if 200 <= status < 300:
         return
     error_type, message = _error_fields(response)
+    # A gateway that echoes the request back would put our key into the message.
+    auth = response.request.headers.get("Authorization", "")
+    token = auth.partition(" ")[2].strip()
+    if len(token) >= 8:
+        message = message.replace(token, "<redacted>")
     text = f"HTTP {status} from {redact_url(response.request.url)}: {message}"
     if status == 429:
         raise RateLimitError(

@@ -114,3 +114,27 @@ def test_tree() -> None:
     assert issubclass(errors.RequestValidationError, ValueError)
     for cls in (errors.SubmitOutcomeUnknown, errors.ProtocolError, errors.APIStatusError):
         assert issubclass(cls, errors.APIMartError)
+
+
+def test_an_echoed_api_key_is_scrubbed_from_the_message() -> None:
+    import httpx
+
+    from apimart.errors import AuthenticationError, raise_for_response
+
+    key = "sk-echoed-canary-1234567890"
+    request = httpx.Request(
+        "POST",
+        "https://api.example/v1/videos/generations",
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    response = httpx.Response(
+        401,
+        json={"error": {"type": "authentication_error", "message": f"bad key {key}"}},
+        request=request,
+    )
+    try:
+        raise_for_response(response)
+    except AuthenticationError as exc:
+        assert key not in str(exc) and "<redacted>" in str(exc)
+    else:
+        raise AssertionError("a 401 must raise")
