@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from apimart.client import AsyncAPIMartClient
 from tasks.gate import Budget, SubmitGate
-from tasks.ledger import NEVER_SENT, Ledger, State, open_ledger, request_hash
+from tasks.ledger import NEVER_SENT, WITH_TASK, Ledger, State, open_ledger, request_hash
 from tasks.manifest import Manifest, ManifestRow, read_manifest
 from tasks.options import RunOptions
 from tasks.results import build_results, write_results
@@ -29,6 +29,7 @@ from tasks.runtime import (
     resolve_api_key,
     run_logger,
 )
+from tasks.submit import send_decision
 
 
 class RunRefused(Exception):
@@ -70,29 +71,18 @@ def rows_needing_work(runtime: Runtime) -> list[str]:
     """Valid rows that are not finished; a finished row costs no API call and no task run."""
     ledger_rows = runtime.ledger.all()
     pending: list[str] = []
-    options = runtime.options
     for row in runtime.manifest.valid_rows:
+        assert row.request is not None
         record = ledger_rows.get(row.id)
         if record is None:
             pending.append(row.id)
-            continue
-        if record.state == State.DOWNLOADED:
+        elif record.state == State.DOWNLOADED:
             if not _video_intact(runtime, row.id, record.video_path, record.video_bytes):
                 pending.append(row.id)
-            continue
-        if record.state in (State.FAILED, State.CANCELLED):
-            if options.retry_failed:
-                pending.append(row.id)
-            continue
-        if record.state == State.UNKNOWN and not options.resubmit_unknown:
-            continue
-        if (
-            record.state == State.REJECTED
-            and row.request is not None
-            and record.request_hash == request_hash(row.request)
-        ):
-            continue  # the API refused this exact request; only an edited row is sent again
-        pending.append(row.id)
+        elif isinstance(send_decision(record, row.request, runtime.options), tuple):
+            pending.append(row.id)  # to be sent
+        elif record.state in WITH_TASK - {State.FAILED, State.CANCELLED}:
+            pending.append(row.id)  # to be polled or downloaded
     return pending
 
 

@@ -25,7 +25,8 @@ from apimart.errors import (
     SubmitOutcomeUnknown,
 )
 from apimart.models import SubmitResult, VideoRequest
-from tasks.ledger import DOUBTFUL, State, request_hash
+from tasks.ledger import DOUBTFUL, NEVER_SENT, RowRecord, State, request_hash
+from tasks.options import RunOptions
 from tasks.runtime import Runtime, get_runtime, run_logger
 
 # How often one row is re-queued after 429s that outlasted the client's own retries.
@@ -78,26 +79,30 @@ async def _shielded(post: Coroutine[Any, Any, SubmitResult]) -> SubmitResult:
         raise
 
 
-def submit_decision(runtime: Runtime, row_id: str) -> tuple[str, int] | str:
-    """(`send`, attempt) when the row should be POSTed now, else the state it keeps."""
-    row = runtime.row(row_id)
-    assert row.request is not None, "invalid rows are never submitted"
-    record = runtime.ledger.ensure(row_id, row.index)
-    options = runtime.options
+def send_decision(
+    record: RowRecord, request: VideoRequest, options: RunOptions
+) -> tuple[str, int] | str:
+    """(`send`, attempt) when the row should be POSTed now, else the state it keeps.
+
+    The one statement of when money may be spent; the run's planning reads it too.
+    """
     if record.state in DOUBTFUL:
         return ("send", record.attempt) if options.resubmit_unknown else State.UNKNOWN
     if record.state in (State.FAILED, State.CANCELLED):
         return ("send", record.attempt + 1) if options.retry_failed else record.state
-    if record.state == State.REJECTED and record.request_hash == request_hash(row.request):
+    if record.state == State.REJECTED and record.request_hash == request_hash(request):
         return State.REJECTED  # the API refused this exact request; resending cannot help
-    if record.state in (
-        State.PENDING,
-        State.REJECTED,
-        State.SKIPPED_BUDGET,
-        State.SKIPPED_PAYMENT,
-    ):
+    if record.state in NEVER_SENT:
         return ("send", max(record.attempt, 1))
     return record.state  # has a task: poll or download it, never pay again
+
+
+def submit_decision(runtime: Runtime, row_id: str) -> tuple[str, int] | str:
+    """`send_decision` for a row of this run, recording the row first if it is new."""
+    row = runtime.row(row_id)
+    assert row.request is not None, "invalid rows are never submitted"
+    record = runtime.ledger.ensure(row_id, row.index)
+    return send_decision(record, row.request, runtime.options)
 
 
 async def submit_row(runtime: Runtime, row_id: str) -> str:
