@@ -255,12 +255,19 @@ def _print_statuses(statuses: dict[str, int], *, title: str) -> None:
     out_console.print(table)
 
 
+def _is_sharded(out: Path) -> bool:
+    """OUT holds a sharded run's plan and no ledger of its own."""
+    from tasks.ledger import LEDGER_FILE
+    from tasks.shards import PLAN_FILE
+
+    return not (out / LEDGER_FILE).exists() and (out / PLAN_FILE).exists()
+
+
 def _ledger_folders(out: Path) -> list[Path]:
     """OUT itself, or the shard folders of a sharded run into OUT."""
-    from tasks.ledger import LEDGER_FILE
-
-    if (out / LEDGER_FILE).exists() or not (out / "shards.json").exists():
+    if not _is_sharded(out):
         return [out]
+    from tasks.ledger import LEDGER_FILE
     from tasks.shards import SHARDS_DIR
 
     return sorted(p for p in (out / SHARDS_DIR).glob("shard-*") if (p / LEDGER_FILE).exists())
@@ -269,7 +276,7 @@ def _ledger_folders(out: Path) -> list[Path]:
 def status(out: Path) -> int:
     from collections import Counter
 
-    from tasks.ledger import LOCK_FILE, Ledger
+    from tasks.ledger import DOUBTFUL, LOCK_FILE, Ledger
 
     counts: Counter[str] = Counter()
     spent = at_risk = 0.0
@@ -285,7 +292,7 @@ def status(out: Path) -> int:
             counts.update(ledger.counts())
             spent += ledger.spent()
             at_risk += ledger.committed_cost()
-            unknown += sum(r.state in ("unknown", "intent") for r in ledger.all().values())
+            unknown += sum(r.state in DOUBTFUL for r in ledger.all().values())
         lock = folder / LOCK_FILE
         if lock.exists() and lock.read_text().strip():
             holders.append(lock.read_text().strip())
@@ -299,10 +306,10 @@ def status(out: Path) -> int:
 
 
 def rebuild_results(out: Path, manifest_path: Path | None) -> int:
-    from tasks.ledger import LEDGER_FILE, Ledger
+    from tasks.ledger import Ledger
     from tasks.results import build_results, write_results
 
-    if not (out / LEDGER_FILE).exists() and (out / "shards.json").exists():
+    if _is_sharded(out):
         from tasks.shards import merge_shards, saved_plan
 
         plan = saved_plan(out)
