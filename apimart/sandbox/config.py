@@ -85,6 +85,10 @@ class Faults:
     payment_after: int | None = None
     # Throttle every download to this many bytes per second.
     trickle_bytes_per_s: int | None = None
+    # While true, no task reaches its terminal status: queries answer `processing` (the time
+    # keeps running, so a task whose latency passed ends at the first query after release).
+    # Lets a test hold a run "still going" without racing the clock.
+    hold_tasks: bool = False
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Faults:

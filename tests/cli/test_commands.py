@@ -100,16 +100,21 @@ def test_dry_run_of_a_valid_manifest_exits_0(cli: Cli, make_sandbox: MakeSandbox
 
 @pytest.mark.slow
 def test_status_while_a_run_is_going_and_after(cli: Cli, make_sandbox: MakeSandbox) -> None:
+    """`status` shows a run's submitted rows while the sandbox holds them, then the downloads."""
     sb = make_sandbox(time_scale=0.015)
+    # The sandbox holds every task at `processing` until released: the run stays "going" for
+    # as long as `status` takes to start, however loaded the machine is.
+    sb.config.faults.hold_tasks = True
     manifest = write_manifest(cli.cwd / "clips.csv", clip_rows(2, "watched"))
     out = cli.cwd / "out"
     running = cli.start("run", manifest, "--out", out, "--no-report", sb=sb)
-    wait_for_ledger(out, running, lambda c: c.get("submitted", 0) >= 1, what="a submitted row")
+    wait_for_ledger(out, running, lambda c: c.get("submitted", 0) == 2, what="two submitted rows")
 
     during = cli.run("status", out)
+    sb.config.faults.hold_tasks = False
 
     assert during.code == 0, during
-    assert re.search(r"submitted\s*│\s*[12]\b", during.stdout), during
+    assert re.search(r"submitted\s*│\s*2\b", during.stdout), during
     assert f"last run: pid {running.pid}" in during.stdout, during
     finished = running.wait()
     assert finished.code == 0, finished

@@ -187,3 +187,16 @@ def test_outcomes_depend_on_seed_not_on_arrival_order() -> None:
     assert {code for code, _ in forward.values()} == {200, 429}
     assert {o for _, o in forward.values()} >= {"completed", "failed"}
     assert forward != _outcomes(8, rows)
+
+
+def test_hold_tasks_keeps_tasks_processing_until_released(api: Api) -> None:
+    """With `hold_tasks` on no task ends, however long it ran; released, it ends at once."""
+    api.sb.config.time_scale = 0.001
+    api.sb.config.faults.hold_tasks = True
+    task_id = api.create(prompt="held")
+    time.sleep(0.6)  # several times the task's whole latency at this time scale
+    held = api.get(task_id).json()["data"]
+    assert held["status"] == spec.STATUS_PROCESSING
+    assert "result" not in held
+    api.sb.config.faults.hold_tasks = False
+    assert api.get(task_id).json()["data"]["status"] == spec.STATUS_COMPLETED
