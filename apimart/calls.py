@@ -188,6 +188,13 @@ def submit_flow(
                 raise unknown(describe(exc)) from exc
             log.info("submitted task %s (idempotency key %s)", result.task_id, key)
             return result
+        if status in (404, 405):
+            # No such route: nothing was created there, whatever the base URL was meant to be.
+            raise errors.EndpointNotFound(
+                f"HTTP {status} from {where}: no such route, so nothing was created; "
+                "check the base URL (it should not end in /v1)",
+                status_code=status,
+            )
         if 400 <= status < 500:
             # A definite refusal: the API says it did not take the request.
             errors.raise_for_response(response)

@@ -10,6 +10,8 @@
     │   ├── AuthenticationError       401: stop the whole run
     │   ├── PaymentRequiredError      402: stop submitting, keep polling what is in flight
     │   ├── NotFoundError             404: unknown task id
+    │   │   └── EndpointNotFound      404/405 on the POST: no such route (a wrong base URL);
+    │   │                             nothing was created, so stop before sending more
     │   ├── RateLimitError            429: slow down (.retry_after, seconds or None)
     │   └── ServerError               5xx
     ├── SubmitOutcomeUnknown          a paid POST may or may not have created a task
@@ -82,6 +84,14 @@ class PaymentRequiredError(APIStatusError):
 
 class NotFoundError(APIStatusError):
     """404: no such task."""
+
+
+class EndpointNotFound(NotFoundError):
+    """404 or 405 to the submit POST: the URL names no such route, so nothing was created.
+
+    Almost always a wrong base URL (one that ends in `/v1`, say): every other row would get
+    the same answer, so the run stops sending at the first one.
+    """
 
 
 class RateLimitError(APIStatusError):
