@@ -1,0 +1,88 @@
+"""Which kind of run an output folder holds: one folder, one layout.
+
+A plain run keeps its ledger at `OUT/ledger.sqlite`; a sharded run keeps its plan at
+`OUT/shards.json` and one folder per shard under `OUT/shards/`. The two must never meet in one
+folder: a plain run into a sharded folder opens an empty ledger and pays again for every row the
+shards already paid for, and the read-only commands would then show only half of the spend. So
+every entry point asks `require_layout` before it sends (or reads) anything.
+
+Kept free of Prefect, pandas and pyarrow: the CLI's read-only commands import it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+Layout = Literal["empty", "plain", "sharded"]
+
+# The names are restated here (not imported from tasks.ledger / tasks.shards) so that this
+# module stays importable without pyarrow or sqlite setup; tests pin them to the originals.
+LEDGER_FILE = "ledger.sqlite"
+PLAN_FILE = "shards.json"
+SHARDS_DIR = "shards"
+
+
+class LayoutMismatch(Exception):
+    """The output folder holds another kind of run than the one asked for; nothing was sent."""
+
+    def __init__(self, out: Path, holds: str, want: str, message: str) -> None:
+        super().__init__(message)
+        self.out = out
+        self.holds = holds
+        self.want = want
+
+
+def _sharded_marks(out: Path) -> list[str]:
+    return [name for name in (PLAN_FILE, SHARDS_DIR) if (out / name).exists()]
+
+
+def folder_layout(out: Path) -> Layout:
+    """What `out` holds: "empty" (nothing of ours, or no folder), "plain" or "sharded".
+
+    Raises LayoutMismatch when it holds both a plain ledger and a shard plan: which of the two
+    carries the money cannot be guessed, so a person must look.
+    """
+    out = Path(out)
+    plain = (out / LEDGER_FILE).exists()
+    sharded = _sharded_marks(out)
+    if plain and sharded:
+        marks = " and ".join(f"{m}{'/' if m == SHARDS_DIR else ''}" for m in sharded)
+        raise LayoutMismatch(
+            out,
+            "both",
+            "either",
+            f"{out} holds both a plain run ({LEDGER_FILE}) and a sharded run ({marks}): "
+            "both may carry paid rows, so no run or report is made from it; move one of them "
+            "to its own folder. Nothing was sent.",
+        )
+    if plain:
+        return "plain"
+    if sharded:
+        return "sharded"
+    return "empty"
+
+
+def require_layout(out: Path, want: Literal["plain", "sharded"]) -> Layout:
+    """Return the layout of `out`, or raise LayoutMismatch when it holds the other one.
+
+    An empty folder fits both. A folder holding both layouts is always refused.
+    """
+    out = Path(out)
+    holds = folder_layout(out)
+    if holds == "empty" or holds == want:
+        return holds
+    if holds == "sharded":
+        marks = ", ".join(f"{m}{'/' if m == SHARDS_DIR else ''}" for m in _sharded_marks(out))
+        message = (
+            f"{out} holds a sharded run ({marks}): run it with generate-sharded, or read it "
+            "with videobatch status/results/report; a plain run here would pay again for "
+            "every row. Nothing was sent."
+        )
+    else:
+        message = (
+            f"{out} holds a plain run ({LEDGER_FILE}): resume it with videobatch run MANIFEST "
+            "--out OUT, or give the sharded run a new output folder; shards here would pay "
+            "again for every row the plain run already paid for. Nothing was sent."
+        )
+    raise LayoutMismatch(out, holds, want, message)
