@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from prefect.artifacts import (
@@ -21,6 +23,12 @@ from prefect.artifacts import (
 
 from tasks.runtime import run_logger
 from tasks.summary import results_table_for_artifact, summarize, summary_markdown
+
+if TYPE_CHECKING:
+    from tasks.run import Estimate
+
+# A dry run of a huge, broken manifest must not make a page nobody can open.
+ESTIMATE_INVALID_SHOWN = 100
 
 
 def artifact_key(out: str) -> str:
@@ -88,4 +96,56 @@ async def publish_results(table: pa.Table, *, key: str, title: str, report: str 
             )
     except Exception as exc:
         run_logger().warning("could not publish result artifacts: %s", exc)
+    return markdown
+
+
+def _text(text: str) -> str:
+    # Manifest text is shown as text: one line, no raw HTML, no table or list syntax.
+    flat = " ".join(str(text).split()).replace("<", "&lt;").replace(">", "&gt;")
+    return flat.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def estimate_markdown(estimate: Estimate, invalid_messages: Sequence[str], *, title: str) -> str:
+    """The dry run's page: rows, estimated cost and time, and every invalid row's problem."""
+    e = estimate
+    lines = [
+        f"# {_text(title)}: estimate only, nothing was sent",
+        "",
+        "| | |",
+        "|---|---:|",
+        f"| Rows | {e.rows} |",
+        f"| Valid (would be sent) | {e.valid} |",
+        f"| Invalid (never sent) | {e.invalid} |",
+        f"| Estimated cost | ${e.cost:,.2f} |",
+        f"| Estimated time | {e.minutes_low:.0f}-{e.minutes_high:.0f} min "
+        f"at concurrency {e.concurrency} |",
+        "",
+        "The cost comes from the price table, not from the API: the vendor's bill may differ.",
+        "",
+        "## Invalid rows",
+        "",
+    ]
+    shown = list(invalid_messages)[:ESTIMATE_INVALID_SHOWN]
+    lines += [f"- {_text(m)}" for m in shown] or ["None."]
+    if len(invalid_messages) > len(shown):
+        lines.append(f"- ... and {len(invalid_messages) - len(shown)} more")
+    return "\n".join(lines) + "\n"
+
+
+async def publish_estimate(
+    estimate: Estimate, invalid_messages: Sequence[str], *, key: str, title: str
+) -> str:
+    """A dry run's estimate as the markdown artifact `{key}-estimate`; returns the markdown.
+
+    Like every artifact it is a window: a failure to write it is logged, not raised.
+    """
+    markdown = estimate_markdown(estimate, invalid_messages, title=title)
+    try:
+        await acreate_markdown_artifact(
+            markdown=markdown,
+            key=f"{key}-estimate",
+            description=f"{title}: dry run, estimated cost and time; nothing was sent",
+        )
+    except Exception as exc:
+        run_logger().warning("could not publish the estimate artifact: %s", exc)
     return markdown

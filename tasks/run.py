@@ -151,6 +151,7 @@ class Estimate:
     cost: float
     minutes_low: float
     minutes_high: float
+    concurrency: int = 1
 
 
 # The vendor says a task usually takes 3 to 5 minutes.
@@ -174,4 +175,5 @@ def estimate_run(manifest: Manifest, options: RunOptions) -> Estimate:
         cost=round(cost, 4),
         minutes_low=waves * TASK_MINUTES[0],
         minutes_high=waves * TASK_MINUTES[1],
+        concurrency=options.concurrency,
     )
