@@ -4,23 +4,34 @@ Wiring only: the shards are planned and merged by `tasks.shards` and run to the 
 `tasks.shard_runs`, each through `run_deployment`, so the work pool hands it to whichever worker,
 on whichever machine, is free. Running it again with the same options resumes every shard from
 its own ledger; nothing is paid twice.
+
+The output folder is sharded or nothing: a folder holding a plain run (`OUT/ledger.sqlite`) is
+refused before anything is planned. With `options.dry_run` nothing is planned on disk and
+nothing is sent: the manifest is validated and estimated, and the estimate published.
+`resubmit_unknown` and `retry_failed` are a person's decision for this run: they reach the first
+run of each shard only, never a shard started again after a crash (see `tasks.shard_runs`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated, Any
 
 from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from tasks.artifacts import artifact_key, publish_results
+from tasks.artifacts import artifact_key, publish_estimate, publish_results
+from tasks.download import file_sha256
+from tasks.layout import require_layout
+from tasks.manifest import read_manifest
 from tasks.options import RunOptions
 from tasks.report import write_report
+from tasks.run import estimate_run
 from tasks.runtime import run_logger
 from tasks.shard_runs import ShardWatch, run_shard
-from tasks.shards import merge_shards, plan_shards
+from tasks.shards import ShardPlanError, merge_shards, plan_shards, saved_plan
 
 SHARD_DEPLOYMENT = "generate-videos/generate-videos"
 
@@ -49,7 +60,11 @@ async def generate_sharded(
             keep it well above the 5-15 s a flow run takes to start.
     """
     log = run_logger()
+    if options.dry_run:
+        return await _estimate_only(options, shards)
     plan = plan_shards(options, shards)
+    for line in plan.stale:
+        log.warning("%s", line)
     parent = str(flow_run.get_id() or "local")
     parent_name = str(flow_run.get_name() or "sharded")
     log.info("%d shards of %s into %s", len(plan.shards), plan.source, plan.out)
@@ -73,6 +88,7 @@ async def generate_sharded(
         "completed": statuses.count("completed"),
         "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
         "shards": states,
+        "stale": list(plan.stale),
         "summary": markdown,
     }
     unfinished = {k: v for k, v in states.items() if v != "Completed"}
@@ -82,3 +98,41 @@ async def generate_sharded(
             "run again with the same options to resume them"
         )
     return summary
+
+
+async def _estimate_only(options: RunOptions, shards: int) -> dict[str, Any]:
+    """Validate and estimate; plan nothing on disk, send nothing."""
+    log = run_logger()
+    out = Path(options.out)
+    require_layout(out, "sharded")
+    manifest = read_manifest(options.manifest)
+    plan = saved_plan(out)
+    if plan is not None and plan.manifest_sha256 != file_sha256(manifest.path):
+        raise ShardPlanError(
+            f"{out} was sharded from another version of {manifest.path.name}; "
+            "use a new output folder for a changed manifest"
+        )
+    count = len(plan.shards) if plan is not None else min(shards, len(manifest.valid_rows) or 1)
+    # Each shard runs with its own `concurrency` jobs in flight.
+    spread = options.model_copy(update={"concurrency": options.concurrency * count})
+    estimate = estimate_run(manifest, spread)
+    invalid = [r.message for r in manifest.invalid_rows]
+    markdown = await publish_estimate(
+        estimate, invalid, key=artifact_key(options.out), title=f"videobatch {options.out}"
+    )
+    log.info(
+        "dry run: %d valid rows in %d shards, estimated $%.2f; nothing was planned or sent",
+        estimate.valid,
+        count,
+        estimate.cost,
+    )
+    return {
+        "out": str(options.out),
+        "dry_run": True,
+        "shards": count,
+        "rows": estimate.rows,
+        "valid": estimate.valid,
+        "invalid": estimate.invalid,
+        "estimated_cost": estimate.cost,
+        "summary": markdown,
+    }

@@ -11,7 +11,10 @@ Prefect server forever, but its lock is gone the instant its process is. So:
   started again, resuming from its ledger (rows whose POST may have gone out stay `unknown`,
   never sent twice). `dead_after` must be longer than a flow run takes to start (5-15 s);
 * a run that failed or crashed is started again, up to `attempts` runs in all; one that a
-  person cancelled is left cancelled.
+  person cancelled is left cancelled;
+* a resend (`resubmit_unknown`, `retry_failed`) is a person's decision for one run: only the
+  first run of a shard carries it. A shard started again never repeats it, so rows the first
+  run resent and left doubtful again are not resent a third time by a restart nobody decided.
 
 This relies on the lock being seen by every machine that runs shards, which holds on a local
 disk and on NFSv4 (the same assumption as the ledger's "one run per folder").
@@ -104,13 +107,17 @@ async def run_shard(
     folder = Path(options.out)
     name = f"shard-{index}"
     outcome = ShardOutcome(index=index, state="NotStarted", runs=[])
+    restart = options.model_copy(update={"resubmit_unknown": False, "retry_failed": False})
     for attempt in range(1, watch.attempts + 1):
         await wait_until_free(folder, poll=watch.poll, name=name)
+        given = options if attempt == 1 else restart
+        if attempt > 1 and given != options:
+            log.warning("%s: started again without resubmit_unknown/retry_failed", name)
         async with get_client() as client:
             flow_run = await arun_deployment(
                 name=watch.deployment,
                 client=client,
-                parameters={"options": options.model_dump(mode="json")},
+                parameters={"options": given.model_dump(mode="json")},
                 flow_run_name=f"{parent_name}-{name}" + (f"-{attempt}" if attempt > 1 else ""),
                 idempotency_key=f"{parent}-{name}-{attempt}",
                 timeout=0,
