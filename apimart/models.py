@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 from apimart import spec
 from apimart.errors import ProtocolError, RequestValidationError, redact_url
 
-_DATA_URI = re.compile(r"^data:image/([A-Za-z0-9.+-]+);base64,(.*)$", re.DOTALL)
+# Used with fullmatch: a whole-string rule must not let `$` stop before a trailing newline.
+_DATA_URI = re.compile(r"data:image/([A-Za-z0-9.+-]+);base64,(.*)", re.DOTALL)
 
 
 def image_url_problem(url: object) -> str | None:
@@ -28,7 +29,7 @@ def image_url_problem(url: object) -> str | None:
         return "each entry must be a non-empty string"
     if url[:8].lower().startswith(("http://", "https://")):
         return None if is_http_url(url) else "URL has no host"
-    match = _DATA_URI.match(url)
+    match = _DATA_URI.fullmatch(url)
     if match is None:
         return "each entry must be an http(s) URL or a data:image/<type>;base64,... URI"
     try:

@@ -66,7 +66,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_IMAGE_BYTES: Final = 10 * 2**20
-ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Always used with fullmatch: `$` would also match before a final newline ("a\n" once passed).
+ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 KNOWN_COLUMNS: Final = (
     "id",
     "prompt",
@@ -86,13 +87,20 @@ _ID_RULE: Final = (
     "must be 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit "
     "(it becomes a file name)"
 )
-_INTEGRAL: Final = re.compile(r"^[+-]?\d+(?:\.0*)?$")
+# Windows cannot hold a file named CON.mp4 (nor con.x.mp4): a video paid for would be lost on
+# a copy to such a share, so these stems are refused whatever their case.
+_RESERVED_STEMS: Final = frozenset(
+    {"con", "prn", "aux", "nul"} | {f"{d}{n}" for d in ("com", "lpt") for n in range(10)}
+)
+# [0-9], not \d: \d also matches Arabic-Indic and fullwidth digits, which float() accepts.
+_INTEGRAL: Final = re.compile(r"[+-]?[0-9]+(?:\.0*)?")
 # Any scheme://: left to VideoRequest, whose rule explains that only http(s) is accepted.
+# A prefix test by design (match, not fullmatch): it only sorts URLs from file paths.
 _URL_SCHEME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # Stands in for a local image that failed our checks, so VideoRequest still judges the count.
 _PLACEHOLDER_URL: Final = "https://placeholder.invalid/image"
 # Written by pandas.to_parquet for a non-default index: not a manifest column.
-_PANDAS_INDEX: Final = re.compile(r"^__index_level_\d+__$")
+_PANDAS_INDEX: Final = re.compile(r"__index_level_[0-9]+__")
 
 
 class ManifestError(Exception):
@@ -215,7 +223,7 @@ def _read_parquet(source: Path) -> _Table:
         table = pq.read_table(source)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise ManifestError(f"{source}: cannot read Parquet: {exc}") from None
-    keep = [i for i, name in enumerate(table.column_names) if not _PANDAS_INDEX.match(name)]
+    keep = [i for i, name in enumerate(table.column_names) if not _PANDAS_INDEX.fullmatch(name)]
     header = [table.column_names[i] for i in keep]
     # Column-wise to_pylist is fast and gives plain Python values (lists stay lists).
     columns = [table.column(i).to_pylist() for i in keep]
@@ -313,7 +321,7 @@ def _duration(value: object) -> tuple[object, str | None]:
     if _blank(value):
         return None, None
     number: object = value
-    if isinstance(value, str) and _INTEGRAL.match(value.strip()):
+    if isinstance(value, str) and _INTEGRAL.fullmatch(value.strip()):
         number = int(float(value.strip()))
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
@@ -420,8 +428,9 @@ def _parse_row(
             problems["id"] = "is empty; every row needs an id when the manifest has an id column"
         else:
             row_id = _id_text(raw_id)
-            if not ID_PATTERN.match(row_id):
-                problems["id"] = f"{_ID_RULE}, got {row_id!r}"
+            why = _id_problem(row_id)
+            if why:
+                problems["id"] = why
     else:
         row_id = f"row-{index + 1:05d}"
 
@@ -515,6 +524,17 @@ def _parse_row(
         fields=fields,
         extra=extra,
     )
+
+
+def _id_problem(row_id: str) -> str | None:
+    if not ID_PATTERN.fullmatch(row_id):
+        return f"{_ID_RULE}, got {row_id!r}"
+    if row_id.split(".", 1)[0].lower() in _RESERVED_STEMS:
+        return (
+            f"{row_id!r} is a reserved device name on Windows (CON, PRN, AUX, NUL, COM0-9, "
+            "LPT0-9, with or without a suffix), so it cannot be a file name"
+        )
+    return None
 
 
 def _id_text(value: object) -> str:
