@@ -196,11 +196,22 @@ def create_app(config: SandboxConfig, state: SandboxState | None = None) -> Fast
     )
     async def download(
         token: str,
+        request: Request,
         expires: str | None = Query(default=None),
         sig: str | None = Query(default=None),
         range_header: str | None = Header(default=None, alias="Range"),
     ) -> Response:
-        return await cdn.download(sandbox, config, token, expires, sig, range_header)
+        query = request.url.query
+        return await cdn.download(
+            sandbox,
+            config,
+            token,
+            expires,
+            sig,
+            range_header,
+            host=request.headers.get("host"),
+            path=request.url.path + (f"?{query}" if query else ""),
+        )
 
     @app.get("/_sandbox/stats", include_in_schema=False)
     async def stats() -> dict[str, Any]:

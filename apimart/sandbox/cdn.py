@@ -13,9 +13,10 @@ import math
 import re
 import threading
 import time
+from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from apimart import spec
 from apimart.sandbox.config import SandboxConfig
@@ -31,6 +32,13 @@ _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 # Renders are CPU-bound and cached: one at a time keeps two downloads of the same video
 # from rendering it twice, and keeps a burst of 4k downloads from starving the server.
 _RENDER_LOCK = threading.Lock()
+# What the `download_garbage` fault serves: no container signature anywhere, and not markup.
+GARBAGE_BYTES = 64 * 1024
+
+
+def cdn_now(config: SandboxConfig, now: float | None = None) -> float:
+    """The CDN's clock, which may run off this machine's (`cdn_clock_offset_s`)."""
+    return (time.time() if now is None else now) + config.faults.cdn_clock_offset_s
 
 
 def sign(secret: bytes, token: str, expires: int) -> str:
@@ -43,6 +51,7 @@ def current_url(state: SandboxState, config: SandboxConfig, task: Task, now: flo
     With the `expired_urls` fault a new link is born expired, so the client has to notice the
     403 and ask again; each later query mints another link, drawn afresh.
     """
+    now = cdn_now(config, now)
     with state.lock:
         if task.urls and task.urls[-1].expires_at > now:
             return task.urls[-1]
@@ -77,14 +86,20 @@ async def download(
     expires: str | None,
     sig: str | None,
     range_header: str | None,
+    *,
+    host: str | None = None,
+    path: str = "",
 ) -> Response:
-    """The CDN's answer to GET /cdn/videos/{token}.mp4?expires=...&sig=..."""
+    """The CDN's answer to GET /cdn/videos/{token}.mp4?expires=...&sig=...
+
+    `host` is the request's Host header and `path` its path and query, for the redirect fault.
+    """
     if expires is None or sig is None or not expires.isdigit():
         return cdn_error(403, "AccessDenied", "Missing or malformed signature parameters")
     expires_at = int(expires)
     if not hmac.compare_digest(sign(state.secret, token, expires_at), sig):
         return cdn_error(403, "SignatureDoesNotMatch", "The request signature is not valid")
-    if expires_at <= time.time():
+    if expires_at <= cdn_now(config):
         return cdn_error(403, "AccessDenied", "Request has expired")
     found = state.count_download(token)
     if found is None:
@@ -97,11 +112,23 @@ async def download(
         rule = getattr(faults, name)
         return state.fires(rule, name, url_key, attempt, seed=config.seed, prompt=task.prompt)
 
+    target = faults.download_redirect_to
+    if target and urlsplit(target.replace("{path}", "/")).netloc.lower() != (host or "").lower():
+        state.count_fault("download_redirect_to")
+        log.info("sandbox: CDN redirected the download of %s", task.id)
+        return RedirectResponse(target.replace("{path}", path), status_code=302)
+
     if fires("download_html"):
         log.info("sandbox: CDN served an HTML page instead of the video of %s", task.id)
         return html_error_page()
 
-    video = await run_in_threadpool(_render_task, task, config)
+    if fires("download_garbage"):
+        log.info("sandbox: CDN served bytes that are not a video for %s", task.id)
+        video = garbage(task.id)
+    else:
+        video = await run_in_threadpool(
+            _render_task, task, config, _mismatched(state, config, task)
+        )
     total = len(video)
     headers = {
         "Accept-Ranges": "bytes",
@@ -138,13 +165,32 @@ async def download(
     )
 
 
-def _render_task(task: Task, config: SandboxConfig) -> bytes:
+def garbage(seed: str) -> bytes:
+    """Bytes no demuxer takes for a video: a fixed non-markup lead, then hash noise."""
+    return b"\x00not-a-video\x00" + hashlib.shake_256(seed.encode()).digest(GARBAGE_BYTES)
+
+
+def _mismatched(state: SandboxState, config: SandboxConfig, task: Task) -> bool:
+    with state.lock:
+        if task.mismatched is None:
+            rule = config.faults.video_mismatch
+            task.mismatched = state.fires(
+                rule, "video_mismatch", task.fault_key, 1, seed=config.seed, prompt=task.prompt
+            )
+        return task.mismatched
+
+
+def _render_task(task: Task, config: SandboxConfig, mismatched: bool = False) -> bytes:
     width, height = spec.frame_size(task.resolution, task.aspect_ratio)
+    duration: float = task.duration
+    if mismatched:
+        # Half the size (kept even for yuv420p) and clearly longer than any tolerance.
+        width, height, duration = width // 4 * 2, height // 4 * 2, duration + 4
     with _RENDER_LOCK:
         return render_mp4(
             width,
             height,
-            task.duration,
+            duration,
             fps=config.fps,
             text=f"{task.id}\n{task.prompt}",
             image=task.image,

@@ -81,6 +81,18 @@ class Faults:
     download_truncate: FaultRule = field(default_factory=_off)
     expired_urls: FaultRule = field(default_factory=_off)
     download_html: FaultRule = field(default_factory=_off)
+    # Bytes that are not an MP4 at all, still labelled video/mp4 (per URL and attempt).
+    download_garbage: FaultRule = field(default_factory=_off)
+    # The video rendered at half the asked frame size and 4 s longer (keyed per task, drawn
+    # once at its first download, so a resumed range continues the same file).
+    video_mismatch: FaultRule = field(default_factory=_off)
+    # Every CDN download answers 302 to this URL, except a request already addressed to the
+    # URL's own host and port (so a hop back to this CDN is served, not redirected forever).
+    # `{path}` in it stands for the request's own path and query.
+    download_redirect_to: str | None = None
+    # Seconds the CDN's clock runs ahead of this machine's (negative: behind). Links are
+    # minted and checked by the CDN's clock, so an `expires_at` can look past here yet work.
+    cdn_clock_offset_s: float = 0.0
     # 402 payment_required for every submit once this many tasks exist.
     payment_after: int | None = None
     # Throttle every download to this many bytes per second.

@@ -106,6 +106,11 @@ class SandboxState:
             self.counters.faults_fired[name] = self.counters.faults_fired.get(name, 0) + 1
             return True
 
+    def count_fault(self, name: str) -> None:
+        """Count a fault that fires by configuration rather than by a drawn rule."""
+        with self.lock:
+            self.counters.faults_fired[name] = self.counters.faults_fired.get(name, 0) + 1
+
     def count_submit_request(self) -> None:
         with self.lock:
             self.counters.submit_requests += 1

@@ -66,6 +66,9 @@ class Task:
     url_shape: Literal["string", "list"]
     idempotency_key: str | None
     urls: list[MintedUrl] = field(default_factory=list)
+    # Whether the CDN serves this task a video unlike its request (the `video_mismatch`
+    # fault); None until its first download decides it.
+    mismatched: bool | None = None
 
     @property
     def billed(self) -> float:

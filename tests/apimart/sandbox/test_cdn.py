@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from urllib.parse import parse_qs, urlsplit
 
+import av
 import httpx
 import numpy as np
 import pytest
@@ -151,3 +152,58 @@ def test_reference_image_shows_in_the_first_frame(api: Api) -> None:
     assert green(a) > 0.1
     assert green(b) == green(c) == 0
     assert np.abs(a - b).mean() > 20
+
+
+def test_garbage_fault_serves_bytes_no_demuxer_reads(api: Api) -> None:
+    """`download_garbage` serves non-MP4 bytes under video/mp4 with an honest length."""
+    api.sb.config.faults.download_garbage = FaultRule(rate=1, times=1)
+    url, _ = api.completed_url()
+    bad = api.download(url)
+    assert bad.status_code == 200 and bad.headers["content-type"] == "video/mp4"
+    assert int(bad.headers["content-length"]) == len(bad.content) > 1000
+    assert not bad.content.lstrip().startswith(b"<")
+    with pytest.raises(av.FFmpegError):
+        probe(bad.content)
+    assert probe(api.download(url).content)[0] == 1280  # `times=1`: the next one is a video
+    assert api.sb.state.stats()["faults_fired"] == {"download_garbage": 1}
+
+
+def test_mismatch_fault_renders_another_size_and_length_for_good(api: Api) -> None:
+    """`video_mismatch` serves a smaller, longer video, the same bytes on every request."""
+    api.sb.config.faults.video_mismatch = FaultRule(rate=1)
+    url, _ = api.completed_url(resolution="720p", aspect_ratio="16:9", duration=4)
+    video = api.download(url).content
+    width, height, seconds, _codec, _pixels = probe(video)
+    assert (width, height) == (640, 360)
+    assert seconds == pytest.approx(8, abs=0.01)
+    cut = len(video) // 2
+    assert video[:cut] + api.download(url, Range=f"bytes={cut}-").content == video
+
+
+def test_redirect_fault_points_elsewhere_until_the_request_is_there(api: Api) -> None:
+    """`download_redirect_to` answers 302 with the request's own path in place of `{path}`,
+    and serves a request already addressed to the target's host."""
+    url, _ = api.completed_url()
+    parts = urlsplit(url)
+    api.sb.config.faults.download_redirect_to = "https://169.254.169.254/latest"
+    away = api.download(url)
+    assert away.status_code == 302 and away.headers["location"] == "https://169.254.169.254/latest"
+    other = f"http://localhost:{parts.port}"
+    api.sb.config.faults.download_redirect_to = other + "{path}"
+    hop = api.download(url)
+    assert hop.status_code == 302
+    assert hop.headers["location"] == f"{other}{parts.path}?{parts.query}"
+    arrived = api.download(hop.headers["location"])
+    assert arrived.status_code == 200 and probe(arrived.content)[0] == 1280
+    assert api.sb.state.stats()["faults_fired"] == {"download_redirect_to": 2}
+
+
+def test_cdn_clock_behind_hands_out_links_that_look_expired_here_but_work(api: Api) -> None:
+    """With the CDN's clock two hours behind, a one-hour link expires in our past yet works."""
+    api.sb.config.url_ttl_s = 3600
+    api.sb.config.faults.cdn_clock_offset_s = -7200
+    url, data = api.completed_url()
+    assert data["result"]["videos"][0]["expires_at"] < time.time() - 3000
+    assert api.download(url).status_code == 200
+    # Queried again, the CDN still deems its link valid and hands out the same one.
+    assert api.video_url(api.get(data["id"]).json()["data"]) == url

@@ -200,3 +200,22 @@ def test_hold_tasks_keeps_tasks_processing_until_released(api: Api) -> None:
     assert "result" not in held
     api.sb.config.faults.hold_tasks = False
     assert api.get(task_id).json()["data"]["status"] == spec.STATUS_COMPLETED
+
+
+def test_new_cdn_faults_are_set_from_json_like_data(api: Api) -> None:
+    """The CDN faults a command line can set: rules from bare rates, the rest as given."""
+    response = api.http.put(
+        "/_sandbox/faults",
+        json={
+            "download_garbage": 1,
+            "video_mismatch": {"rate": 1, "prompt_contains": "odd"},
+            "download_redirect_to": "https://169.254.169.254/latest",
+            "cdn_clock_offset_s": -60,
+        },
+    )
+    assert response.status_code == 200
+    faults = api.sb.config.faults
+    assert faults.download_garbage == FaultRule(rate=1.0)
+    assert faults.video_mismatch == FaultRule(rate=1.0, prompt_contains="odd")
+    assert faults.download_redirect_to == "https://169.254.169.254/latest"
+    assert faults.cdn_clock_offset_s == -60
