@@ -5,17 +5,21 @@ is renamed over the destination only once it is whole and checked; every failure
 temporary file. An interrupted transfer resumes with a Range request. The link is a credential
 (its query string is the signature), so it appears in messages and logs only redacted, and the
 API key is never sent with it: the CDN is somebody else's host.
+
+The link and every redirect it leads to come from outside, so each one is checked by
+`apimart.netguard` (after DNS resolution) before anything connects to it: a CDN that sends us
+to `169.254.169.254` or into the private network is refused (`UnsafeDownloadURL`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import os
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -29,7 +33,17 @@ from apimart.errors import (
     parse_retry_after,
     redact_url,
 )
+from apimart.netguard import UnsafeURL, check_url, is_loopback_host
 from apimart.retry import RetryAfterTooLong
+
+__all__ = [
+    "DownloadResult",
+    "DownloadUnavailable",
+    "UnsafeDownloadURL",
+    "check_download_url",
+    "download_flow",
+    "is_loopback_host",
+]
 
 log = logging.getLogger("apimart")
 
@@ -51,13 +65,13 @@ class DownloadResult:
     sha256: str
 
 
-def is_loopback_host(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+class UnsafeDownloadURL(DownloadError, UnsafeURL):
+    """The link (or a redirect) points at a private, loopback, link-local or metadata host."""
+
+
+class DownloadUnavailable(DownloadError):
+    """The CDN or the network kept failing (5xx, 429, dropped connections) through every
+    try: the only download failure that a later try, with the same link, may cure."""
 
 
 def check_download_url(url: str, *, allow_loopback_http: bool) -> httpx.URL:
@@ -74,6 +88,29 @@ def check_download_url(url: str, *, allow_loopback_http: bool) -> httpx.URL:
         f"refusing to download {redact_url(parsed)}: only https links are accepted"
         " (plain http only to a loopback host while the API itself is on loopback)"
     )
+
+
+def _address_problem(url: str, allow_loopback: bool) -> str | None:
+    try:
+        check_url(url, allow_loopback=allow_loopback)
+    except UnsafeURL as exc:
+        return str(exc)
+    return None
+
+
+def _guard(url: httpx.URL, allow_loopback: bool) -> Flow[None]:
+    """Refuse a URL whose host is, or resolves to, an address we must not fetch.
+
+    The look-up runs off the event loop (a `Blocking` action). httpx resolves the name again
+    when it connects, so a DNS server that answers differently a moment later (rebinding)
+    could slip past this check. We accept that rather than pin the connection to the checked
+    address (which needs a transport of our own and breaks TLS name checks if done wrong):
+    the names we fetch come from the vendor's answers, and the check still stops every
+    literal, every metadata name and every name that plainly resolves inward.
+    """
+    problem = yield Blocking(partial(_address_problem, str(url), allow_loopback))
+    if problem:
+        raise UnsafeDownloadURL(f"refusing to download {redact_url(url)}: {problem}")
 
 
 def content_type_problem(value: str | None) -> str | None:
@@ -135,9 +172,15 @@ class _PartFile:
             os.close(dir_fd)
 
     def discard(self) -> None:
-        self.file.close()
-        if not self.committed:
-            self.path.unlink(missing_ok=True)
+        try:
+            # Closing flushes what is buffered; on a full disk that fails again, and the
+            # half-written file must still go.
+            self.file.close()
+        except OSError:
+            pass
+        finally:
+            if not self.committed:
+                self.path.unlink(missing_ok=True)
 
 
 def _bounded(timeout: httpx.Timeout, remaining: float) -> dict[str, float]:
@@ -159,12 +202,19 @@ def download_flow(
     allow_loopback_http: bool,
 ) -> Flow[DownloadResult]:
     shown = redact_url(url)
-    if expires_at is not None and expires_at <= time.time():
-        raise LinkExpiredError(f"{shown} expired at {expires_at:.0f} (Unix time)")
     target = check_download_url(url, allow_loopback_http=allow_loopback_http)
     if max_bytes <= 0 or deadline_s <= 0:
         raise ValueError("max_bytes and deadline_s must be positive")
     deadline = time.monotonic() + deadline_s
+    if expires_at is not None and expires_at <= time.time():
+        # Our clock may be the one that is wrong: the CDN judges by its own, and a link it
+        # refuses costs one request (its 403 raises LinkExpiredError for renewal).
+        log.info(
+            "%s looks expired by this machine's clock (%.0fs ago); trying it once anyway",
+            shown,
+            time.time() - expires_at,
+        )
+    yield from _guard(target, allow_loopback_http)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _PartFile(dest)
@@ -215,10 +265,13 @@ def _fetch(
                 redirects += 1
                 if redirects > MAX_REDIRECTS:
                     raise DownloadError(f"{redact_url(url)}: too many redirects")
+                yield Close()
                 url = check_download_url(
                     str(url.join(location)), allow_loopback_http=allow_loopback_http
                 )
-                yield Close()
+                # Every hop is checked before it is requested: a redirect is where a CDN
+                # link most easily turns into a request for the metadata service.
+                yield from _guard(url, allow_loopback_http)
                 continue
             total = _check_head(response, part, max_bytes)
             while (chunk := (yield Read())) is not None:
@@ -259,11 +312,11 @@ def _fetch(
                 raise DownloadIntegrityError(
                     f"{redact_url(url)}: short body, {part.size} of {total or '?'} bytes ({tries})"
                 )
-            raise DownloadError(f"{redact_url(url)}: {tries}")
+            raise DownloadUnavailable(f"{redact_url(url)}: {tries}")
         try:
             seconds = settings.retry.sleep_for(max(failures, 1), problem.retry_after)
         except RetryAfterTooLong:
-            raise DownloadError(f"{redact_url(url)}: {problem}") from None
+            raise DownloadError(f"{redact_url(url)}: {problem}, asked to wait longer") from None
         log.info(
             "download of %s interrupted at %d bytes (%s); retrying in %.2fs",
             redact_url(url),

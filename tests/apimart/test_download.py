@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
@@ -22,6 +24,7 @@ from apimart_testkit import (
 )
 
 from apimart import (
+    APIMartClient,
     AsyncAPIMartClient,
     DownloadError,
     DownloadIntegrityError,
@@ -29,6 +32,7 @@ from apimart import (
     Video,
     VideoRequest,
 )
+from apimart.download import UnsafeDownloadURL, is_loopback_host
 from apimart.sandbox import FaultRule, Faults
 
 ALWAYS = FaultRule(rate=1.0)
@@ -142,21 +146,33 @@ async def test_max_bytes_is_enforced(sandbox: Sandbox, tmp_path: Path) -> None:
         assert leftovers(tmp_path) == []
 
 
-async def test_expired_link_is_refused_without_a_request(
+async def test_a_link_past_its_expiry_here_is_tried_once_then_refused_by_the_cdn(
     make_sandbox: MakeSandbox, tmp_path: Path
 ) -> None:
+    """A link whose expires_at looks past costs one CDN request; the CDN's 403 decides."""
     sb = make_sandbox(Faults(expired_urls=ALWAYS))
     transport = CountingTransport()
     async with client_for(sb, transport=transport) as client:
         video = await finished_video(client)
         assert video.expires_at is not None and video.expires_at < time.time()
-        with pytest.raises(LinkExpiredError):
-            await client.download(video.url, tmp_path / "a.mp4", expires_at=video.expires_at)
-        assert not any("/cdn/" in r.url.path for r in transport.requests)
-        # Without the hint the CDN's 403 says the same.
         with pytest.raises(LinkExpiredError, match="403"):
-            await client.download(video.url, tmp_path / "a.mp4")
+            await client.download(video.url, tmp_path / "a.mp4", expires_at=video.expires_at)
+    assert sum("/cdn/" in r.url.path for r in transport.requests) == 1
     assert leftovers(tmp_path) == []
+
+
+async def test_a_link_that_only_looks_expired_here_is_downloaded(
+    make_sandbox: MakeSandbox, tmp_path: Path
+) -> None:
+    """Clock skew: a link expired by our clock but valid by the CDN's is fetched, not refused."""
+    sb = make_sandbox(url_ttl_s=3600)
+    sb.config.faults.cdn_clock_offset_s = -7200  # the CDN's clock is two hours behind ours
+    async with client_for(sb) as client:
+        video = await finished_video(client)
+        assert video.expires_at is not None and video.expires_at < time.time()
+        result = await client.download(video.url, tmp_path / "a.mp4", expires_at=video.expires_at)
+    assert result.bytes == len(reference_bytes(video.url))
+    assert decodes(tmp_path / "a.mp4")[2] > 0
 
 
 async def test_deadline_is_enforced(make_sandbox: MakeSandbox, tmp_path: Path) -> None:
@@ -248,4 +264,154 @@ async def test_max_bytes_without_a_content_length(tmp_path: Path) -> None:
     async with client_for("http://127.0.0.1:9", transport=httpx.MockTransport(cdn)) as client:
         with pytest.raises(DownloadIntegrityError, match="limit"):
             await client.download("http://127.0.0.1:9/v.mp4", tmp_path / "v.mp4", max_bytes=50_000)
+    assert leftovers(tmp_path) == []
+
+
+# SSRF. Every test below talks through `OnlyThisMachine`, which forwards requests for loopback
+# hosts (and the stand-in public hosts it maps onto the sandbox) and refuses everything else
+# without a connection: even if the guard were broken, nothing would leave this machine.
+
+METADATA = "https://169.254.169.254/latest"
+PUBLIC_CDN = "https://93.184.216.34"  # a public literal: passes the guard with no DNS look-up
+PUBLIC_API = "https://api.videobatch.example"
+
+
+class OnlyThisMachine(httpx.AsyncBaseTransport):
+    """A real transport that records every request handed to it, reroutes `routes` (origin ->
+    loopback origin) and refuses, without connecting, any host off this machine."""
+
+    def __init__(self, routes: dict[str, str] | None = None) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.routes = routes or {}
+        self.requests: list[httpx.URL] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request.url)
+        origin = f"{request.url.scheme}://{request.url.netloc.decode()}"
+        if origin in self.routes:
+            real = httpx.URL(self.routes[origin])
+            request.url = request.url.copy_with(scheme=real.scheme, host=real.host, port=real.port)
+        elif not is_loopback_host(request.url.host):
+            raise httpx.ConnectError(f"test transport: {request.url.host} is off this machine")
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def hosts(self) -> set[str]:
+        return {url.host for url in self.requests}
+
+
+@contextmanager
+def listener() -> Iterator[socket.socket]:
+    """A loopback port that listens but never answers: a connection to it stays queued."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        yield sock
+
+
+def connections(sock: socket.socket) -> int:
+    count = 0
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
+
+
+async def test_a_redirect_to_the_metadata_service_is_refused_before_connecting(
+    make_sandbox: MakeSandbox, tmp_path: Path
+) -> None:
+    """A CDN redirect to 169.254.169.254 ends in UnsafeDownloadURL; nothing is sent there."""
+    sb = make_sandbox(Faults(download_redirect_to=METADATA))
+    transport = OnlyThisMachine()
+    async with client_for(sb, transport=transport) as client:
+        video = await finished_video(client)
+        with pytest.raises(UnsafeDownloadURL, match="link-local") as caught:
+            await client.download(video.url, tmp_path / "a.mp4")
+    assert isinstance(caught.value, DownloadError)
+    assert "169.254.169.254" not in transport.hosts()
+    assert "sig=" not in str(caught.value)
+    assert sb.state.stats()["faults_fired"] == {"download_redirect_to": 1}
+    assert leftovers(tmp_path) == []
+
+
+async def test_a_redirect_to_loopback_is_refused_when_the_api_is_not_loopback(
+    make_sandbox: MakeSandbox, tmp_path: Path
+) -> None:
+    """With a public API, a CDN redirect to https://127.0.0.1:PORT never connects to PORT."""
+    sb = make_sandbox(public_base_url=PUBLIC_CDN)
+    transport = OnlyThisMachine({PUBLIC_API: sb.url, PUBLIC_CDN: sb.url})
+    with listener() as trap:
+        port = trap.getsockname()[1]
+        sb.config.faults.download_redirect_to = f"https://127.0.0.1:{port}/latest"
+        async with client_for(PUBLIC_API, transport=transport, download_timeout=2.0) as client:
+            video = await finished_video(client)
+            assert video.url.startswith(PUBLIC_CDN)
+            with pytest.raises(UnsafeDownloadURL, match="loopback"):
+                await client.download(video.url, tmp_path / "a.mp4")
+        assert connections(trap) == 0
+    assert "127.0.0.1" not in transport.hosts()
+    assert sb.state.stats()["faults_fired"] == {"download_redirect_to": 1}
+    assert leftovers(tmp_path) == []
+
+
+async def test_a_redirect_to_another_loopback_cdn_url_is_followed_for_a_loopback_api(
+    make_sandbox: MakeSandbox, tmp_path: Path
+) -> None:
+    """The sandbox case: a hop from 127.0.0.1 to localhost (both this machine) is followed."""
+    sb = make_sandbox()
+    port = httpx.URL(sb.url).port
+    sb.config.faults.download_redirect_to = f"http://localhost:{port}{{path}}"
+    transport = OnlyThisMachine()
+    async with client_for(sb, transport=transport) as client:
+        video = await finished_video(client)
+        await client.download(video.url, tmp_path / "a.mp4")
+    sb.config.faults.download_redirect_to = None
+    assert (tmp_path / "a.mp4").read_bytes() == reference_bytes(video.url)
+    assert transport.hosts() == {"127.0.0.1", "localhost"}
+    assert sb.state.stats()["faults_fired"] == {"download_redirect_to": 1}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://10.0.0.5/v.mp4?sig=SECRETSIG",
+        "https://127.0.0.1:8443/v.mp4?sig=SECRETSIG",
+        "https://[::ffff:127.0.0.1]/v.mp4?sig=SECRETSIG",
+        "https://metadata.google.internal/v.mp4?sig=SECRETSIG",
+        "https://169.254.169.254/latest?sig=SECRETSIG",
+    ],
+)
+async def test_a_private_first_link_is_refused_without_a_request(tmp_path: Path, url: str) -> None:
+    """A link naming a private, loopback or metadata host is refused before any request."""
+    transport = OnlyThisMachine()
+    async with client_for(PUBLIC_API, transport=transport) as client:
+        with pytest.raises(UnsafeDownloadURL) as caught:
+            await client.download(url, tmp_path / "a.mp4")
+    assert transport.requests == []
+    assert "SECRETSIG" not in str(caught.value)
+    assert leftovers(tmp_path) == []
+
+
+def test_the_sync_client_refuses_the_same_links(tmp_path: Path) -> None:
+    """The blocking client runs the same guard (its DNS look-up simply blocks)."""
+    sent: list[httpx.Request] = []
+
+    def nowhere(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        raise httpx.ConnectError("test transport: nothing leaves this machine")
+
+    with (
+        APIMartClient(
+            base_url=PUBLIC_API, api_key=API_KEY, transport=httpx.MockTransport(nowhere)
+        ) as client,
+        pytest.raises(UnsafeDownloadURL, match="metadata"),
+    ):
+        client.download("https://metadata.google.internal/x.mp4", tmp_path / "a.mp4")
+    assert sent == []
     assert leftovers(tmp_path) == []
