@@ -8,6 +8,9 @@ Each manifest runs into `OUT_ROOT/<file stem>/`, so dropping the same name again
 same ledger instead of paying again. A manifest stays in the inbox while some row can still
 move (submitted, timed out, not yet sent, download failed); rows `unknown` keep it there too
 until a person decides (see `videobatch run --resubmit-unknown`).
+
+A manifest is filed only if it is still the file that was run (same SHA-256 as before the run):
+rows appended while it ran have not run yet, so a changed file stays for the next tick.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from tasks.download import file_sha256
 from tasks.ledger import LEDGER_FILE, Ledger
 from tasks.manifest import SUFFIXES
+from tasks.options import RunOptions
 
 DONE_DIR, REJECTED_DIR = "done", "rejected"
 # The global concurrency limit (limit 1) that keeps two inbox runs apart; `videobatch deploy`
@@ -29,6 +34,37 @@ INBOX_LIMIT = "videobatch-inbox"
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "invalid", "rejected"})
 # A file still being written (copied in over a network) should not be read half-way.
 SETTLE_SECONDS = 2.0
+
+
+class InboxRefused(ValueError):
+    """The inbox's run options ask for something a scheduled run must never do."""
+
+
+def check_defaults(defaults: RunOptions | None) -> None:
+    """Refuse defaults that would resend on every tick: a resend is a person's decision."""
+    if defaults is None:
+        return
+    asked = [name for name in ("resubmit_unknown", "retry_failed") if getattr(defaults, name)]
+    if asked:
+        raise InboxRefused(
+            f"the inbox's defaults set {' and '.join(asked)}: a scheduled run would repeat it "
+            "on every tick. Resends are a person's decision: run videobatch run MANIFEST --out "
+            "OUT --resubmit-unknown (or --retry-failed) for the one manifest that needs it. "
+            "Nothing was run."
+        )
+
+
+def manifest_digest(manifest: Path) -> str:
+    """The file's SHA-256, taken before its run and compared before it is filed."""
+    return file_sha256(manifest)
+
+
+def unchanged(manifest: Path, digest: str) -> bool:
+    """Whether `manifest` is still the file whose digest was taken (and still there)."""
+    try:
+        return file_sha256(manifest) == digest
+    except FileNotFoundError:
+        return False
 
 
 def waiting_manifests(inbox: Path, *, now: float | None = None) -> list[Path]:
