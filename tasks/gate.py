@@ -7,41 +7,112 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+# The longest Retry-After one run waits for; the client's own retries stop at the same hint.
+MAX_PAUSE_S = 120.0
+# A 429 without a Retry-After pauses everyone this long.
+DEFAULT_PAUSE_S = 5.0
+# The slowest a run of 429s can push the rate (submissions per second).
+MIN_RATE = 0.05
 
 
 class RunStopped(Exception):
-    """The whole run must stop now (authentication failed): nothing else is sent."""
+    """The whole run must stop now (authentication failed, no such route): nothing else is sent."""
 
 
 @dataclass
 class SubmitGate:
-    """Spaces submissions `1/rate` seconds apart and pauses everyone after a 429."""
+    """Spaces submissions `1/rate` seconds apart and pauses everyone after a 429.
+
+    A 429 halves the rate; every submission that gets through adds `recovery_step` back, up
+    to the configured rate (additive increase, multiplicative decrease), so one throttled
+    minute does not slow the rest of the run. Until the first POST of the run has been
+    answered, only one is in flight (see `sending`).
+    """
 
     rate: float
-    stop_reason: str | None = None  # authentication failure: nothing more is sent at all
+    stop_reason: str | None = None  # 401, 404 on the POST: nothing more is sent at all
     payment_exhausted: bool = False  # 402: no new submissions, in-flight tasks carry on
+    # A 429 asked for a longer pause than `max_pause_s`: no new submissions this run, in-flight
+    # tasks carry on, and this says why and when to run again.
+    throttled_out: str | None = None
+    max_pause_s: float = MAX_PAUSE_S
+    # Submissions per second given back per successful submission; None: a tenth of `rate`.
+    recovery_step: float | None = None
     # After this many connection failures in a row the API is taken as unreachable and the
     # rows left are not even tried (each try costs the client's whole connect-retry budget).
     unreachable_after: int = 3
     connect_failures: int = 0
+    # Set once the API has answered a POST in a way that shows the route and key work.
+    route_proven: bool = False
+    clock: Callable[[], float] = time.monotonic
+    max_rate: float = field(init=False)
     _next_at: float = 0.0
     _paused_until: float = 0.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _first_post: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.max_rate = self.rate
+        if self.recovery_step is None:
+            self.recovery_step = self.rate / 10
 
     async def wait_turn(self) -> None:
         async with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             start = max(now, self._next_at, self._paused_until)
             self._next_at = start + 1.0 / self.rate
         if start > now:
             await asyncio.sleep(start - now)
 
+    @asynccontextmanager
+    async def sending(self) -> AsyncIterator[None]:
+        """Hold this around one POST. Until the route is proven, POSTs go one at a time.
+
+        A wrong base URL or key gets the same answer for every row: this way it costs one
+        request, not one per row already on its way.
+        """
+        if self.route_proven:
+            yield
+            return
+        async with self._first_post:
+            yield
+
+    def answered(self) -> None:
+        """The API took or judged a POST (a task, 400, 402, 429): the route and key work."""
+        self.route_proven = True
+
+    def submitted(self) -> None:
+        """A POST created a task: the API is reachable and the rate may climb back."""
+        self.answered()
+        self.connected(True)
+        assert self.recovery_step is not None
+        self.rate = min(self.max_rate, self.rate + self.recovery_step)
+
     def throttled(self, retry_after: float | None) -> float:
-        """A 429 got through the client's own retries: halve the rate and pause everyone."""
-        self.rate = max(self.rate / 2, 0.05)
-        pause = retry_after if retry_after is not None else 5.0
-        self._paused_until = max(self._paused_until, time.monotonic() + pause)
+        """A 429 got through the client's own retries: halve the rate and pause everyone.
+
+        A hint longer than `max_pause_s` closes submitting for this run instead (see
+        `throttled_out`): waiting that long would hold every row, and sleeping less than
+        asked only earns another 429. Returns the pause asked for.
+        """
+        self.answered()
+        self.rate = max(self.rate / 2, MIN_RATE)
+        pause = retry_after if retry_after is not None else DEFAULT_PAUSE_S
+        if pause > self.max_pause_s:
+            if self.throttled_out is None:
+                when = datetime.now(UTC) + timedelta(seconds=pause)
+                self.throttled_out = (
+                    f"the API asked for a {pause:.0f}s pause (429 Retry-After), longer than the "
+                    f"{self.max_pause_s:.0f}s a run waits: no new submissions in this run; rows "
+                    f"not sent stay pending, run again after {when:%Y-%m-%d %H:%M} UTC"
+                )
+            return pause
+        self._paused_until = max(self._paused_until, self.clock() + pause)
         return pause
 
     @property

@@ -10,6 +10,23 @@ by one process at a time (see `FolderLock`). The order of writes is the guarante
 A crash between 1 and 2 leaves a row in state `intent`; the next run reports it as `unknown` and
 never resends it unless asked (`--resubmit-unknown`, same key). Signed download URLs are
 credentials and are never stored: a resumed run asks the API for a fresh link.
+
+Money at risk (`committed_cost`, which seeds every run's budget and `videobatch status`) is,
+per row, its real cost where known, else its estimate while it has (or may have) a task, plus
+`earlier_posts_cost`: the estimates of this row's earlier POSTs whose outcome was never
+settled. A doubtful row that is resent moves its estimate there in the same write as the new
+intent, so both POSTs count until the doubt is settled:
+
+* a plain 400 to the very same body proves no earlier POST created anything either: cleared;
+* a resend that certainly never got through (429, 402, connect, 401, 404) says nothing of the
+  first POST: the row goes back to `unknown` with the first estimate as its own again;
+* a resend that gets a task id does NOT settle it. A vendor that honours the idempotency key
+  answers with the first POST's task, one that does not has made a second one, and the
+  answers look the same. So the first estimate stays counted for good, even after the resent
+  task reports its real cost: the folder's committed cost may overstate what was charged (by
+  at most those estimates, which the vendor's bill can settle) but never understates it.
+
+Ledgers written before this column existed (schema 1) gain it, empty, when opened for writing.
 """
 
 from __future__ import annotations
@@ -33,7 +50,7 @@ from apimart.models import VideoRequest
 
 LEDGER_FILE = "ledger.sqlite"
 LOCK_FILE = ".videobatch.lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class State:
@@ -108,10 +125,12 @@ class RowRecord:
     download_s: float | None = None
     run_id: str | None = None
     updated_at: float | None = None
+    # Estimates of earlier POSTs of this row whose outcome is still unsettled (see the module).
+    earlier_posts_cost: float | None = None
 
 
 _COLUMNS = [f.name for f in fields(RowRecord)]
-_TYPES = {"idx": "INTEGER", "attempt": "INTEGER", "polls": "INTEGER"}
+_TYPES = {"idx": "INTEGER", "attempt": "INTEGER", "polls": "INTEGER", "earlier_posts_cost": "REAL"}
 
 
 def _column_sql(name: str) -> str:
@@ -198,12 +217,17 @@ class Ledger:
             self._db.execute("PRAGMA synchronous=FULL")
             self._create()
         self._db.row_factory = sqlite3.Row
+        self._columns = {r[1] for r in self._db.execute("PRAGMA table_info(rows)").fetchall()}
 
     def _create(self) -> None:
         with self._lock, self._db:
             self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             cols = ", ".join(_column_sql(c) for c in _COLUMNS)
             self._db.execute(f"CREATE TABLE IF NOT EXISTS rows ({cols})")
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(rows)").fetchall()}
+            for column in _COLUMNS:
+                if column not in have:  # a ledger from an older schema
+                    self._db.execute(f"ALTER TABLE rows ADD COLUMN {_column_sql(column)}")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
                 "at REAL, row_id TEXT, kind TEXT, detail TEXT)"
@@ -211,6 +235,10 @@ class Ledger:
             self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema', ?), ('salt', ?), ('created', ?)",
                 (str(SCHEMA_VERSION), secrets.token_hex(4), str(time.time())),
+            )
+            self._db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema' AND CAST(value AS INTEGER) < ?",
+                (str(SCHEMA_VERSION), SCHEMA_VERSION),
             )
 
     def close(self) -> None:
@@ -292,10 +320,16 @@ class Ledger:
         key: str,
         estimated_cost: float,
         run_id: str | None,
+        earlier_posts_cost: float | None = None,
     ) -> None:
+        """The POST is about to leave. A resend of a doubtful row passes `earlier_posts_cost`
+        (what was there plus the first POST's estimate), written in the same transaction, so
+        no moment exists in which the first POST's money is uncounted."""
+        extra = {} if earlier_posts_cost is None else {"earlier_posts_cost": earlier_posts_cost}
         self.update(
             row_id,
             "intent",
+            **extra,
             state=State.INTENT,
             attempt=attempt,
             request_hash=req_hash,
@@ -344,14 +378,19 @@ class Ledger:
 
     # -- money ------------------------------------------------------------------------------
     def committed_cost(self) -> float:
-        """Money spent or at risk: the real cost where known, the estimate where not (yet)."""
+        """Money spent or at risk: the real cost where known, the estimate where not (yet),
+        plus the estimates of earlier POSTs whose outcome is unsettled (see the module)."""
         at_risk = sorted((WITH_TASK | DOUBTFUL) - {State.FAILED, State.CANCELLED})
         marks = ", ".join("?" for _ in at_risk)
+        # A ledger of schema 1 opened read-only has no such column, and nothing in it.
+        earlier = (
+            " + COALESCE(earlier_posts_cost, 0)" if "earlier_posts_cost" in self._columns else ""
+        )
         with self._lock:
             row = self._db.execute(
                 "SELECT COALESCE(SUM(CASE WHEN cost IS NOT NULL THEN cost "
                 f"WHEN state IN ({marks}) THEN COALESCE(estimated_cost, 0) "
-                "ELSE 0 END), 0) FROM rows",
+                f"ELSE 0 END{earlier}), 0) FROM rows",
                 at_risk,
             ).fetchone()
         return float(row[0])

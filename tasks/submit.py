@@ -20,6 +20,7 @@ from apimart.errors import (
     AuthenticationError,
     BadRequestError,
     ConnectError,
+    EndpointNotFound,
     PaymentRequiredError,
     RateLimitError,
     SubmitOutcomeUnknown,
@@ -36,11 +37,30 @@ ANSWER_GRACE_S = 90.0
 RECORD_TRIES = 5
 
 
+class TaskNotRecorded(Exception):
+    """A POST created a task, which is paid for, but the ledger would not store its id.
+
+    Never to be read as "not sent": the row stays `intent` in the ledger (the next run holds
+    it as `unknown`), and the task id is in this message and in the log.
+    """
+
+    def __init__(self, row_id: str, task_id: str, cause: BaseException) -> None:
+        self.row_id, self.task_id = row_id, task_id
+        super().__init__(
+            f"row {row_id}: PAID task {task_id} was created but the ledger refused to record "
+            f"it ({type(cause).__name__}: {cause}); the run stops before anything else is paid"
+        )
+
+
 async def _post_and_record(
     runtime: Runtime, row_id: str, request: VideoRequest, key: str
 ) -> SubmitResult:
     result = await runtime.client.submit(request, idempotency_key=key)
-    _record_task_id(runtime, row_id, result)
+    # From here on a task exists: whatever fails must not pass for a client error.
+    try:
+        _record_task_id(runtime, row_id, result)
+    except Exception as exc:
+        raise TaskNotRecorded(row_id, result.task_id, exc) from exc
     return result
 
 
@@ -105,32 +125,67 @@ def submit_decision(runtime: Runtime, row_id: str) -> tuple[str, int] | str:
     return send_decision(record, row.request, runtime.options)
 
 
+def _describe(exc: BaseException) -> str:
+    text = str(exc)[:500]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 async def submit_row(runtime: Runtime, row_id: str) -> str:
-    """Send the row if the ledger allows it; return the row's state afterwards."""
+    """Send the row if the ledger allows it; return the row's state afterwards.
+
+    Money: a doubtful row's first POST may have created a paid task, and its estimate is in
+    the budget already (the ledger counts it). A resend reserves its own estimate on top, so
+    the cap holds even if both were charged; the ledger keeps counting the first until a plain
+    400 settles the doubt (see `tasks.ledger`).
+    """
     decision = submit_decision(runtime, row_id)
     if isinstance(decision, str):
         return decision
     _, attempt = decision
     log = run_logger()
-    ledger, gate, row = runtime.ledger, runtime.gate, runtime.row(row_id)
+    ledger, gate, budget, row = runtime.ledger, runtime.gate, runtime.budget, runtime.row(row_id)
     assert row.request is not None
+    request = row.request
     gate.check()
     estimate = runtime.estimate(row)
     record = runtime.ledger.get(row_id)
     assert record is not None
     doubtful = record.state in DOUBTFUL
-    if gate.payment_exhausted:
+    # The doubtful row's first POST, as the ledger (and so the budget) counts it now.
+    first_estimate = (record.estimated_cost or estimate) if doubtful else 0.0
+    earlier = record.earlier_posts_cost or 0.0
+    # How a doubtful row's money reads again once its resend certainly created nothing.
+    as_before = (
+        {"estimated_cost": first_estimate, "earlier_posts_cost": record.earlier_posts_cost}
+        if doubtful
+        else {}
+    )
+    if gate.payment_exhausted or gate.throttled_out:
         if doubtful:
             return State.UNKNOWN
-        ledger.update(row_id, "skipped", state=State.SKIPPED_PAYMENT, attempt=attempt)
-        return State.SKIPPED_PAYMENT
-    # What the ledger counted as at risk for a doubtful row when the run began; it is
-    # reserved afresh below like any other row, so the budget never counts it twice.
-    at_risk = (record.estimated_cost or estimate) if doubtful else 0.0
-    runtime.budget.release(at_risk)
-    if not runtime.budget.reserve(estimate):
+        if gate.payment_exhausted:
+            ledger.update(row_id, "skipped", state=State.SKIPPED_PAYMENT, attempt=attempt)
+            return State.SKIPPED_PAYMENT
+        ledger.update(
+            row_id,
+            "not-sent",
+            state=State.PENDING,
+            attempt=attempt,
+            error_code="rate_limited",
+            error_message=gate.throttled_out,
+        )
+        return State.PENDING
+    if not budget.reserve(estimate):
         if doubtful:
-            runtime.budget.committed += at_risk  # still at risk: it stays `unknown`
+            ledger.update(
+                row_id,
+                "resend-over-budget",
+                error_message=(
+                    f"not resent: the earlier POST may have been charged "
+                    f"({first_estimate + earlier:.2f} still counted), and a resend estimated "
+                    f"at {estimate:.2f} on top would pass the cap {budget.cap}"
+                ),
+            )
             return State.UNKNOWN
         ledger.update(
             row_id,
@@ -139,30 +194,35 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
             attempt=attempt,
             estimated_cost=estimate,
             error_code="budget",
-            error_message=f"estimated {estimate:.2f} would pass the cap {runtime.budget.cap}",
+            error_message=f"estimated {estimate:.2f} would pass the cap {budget.cap}",
         )
         return State.SKIPPED_BUDGET
 
     def not_sent(state: str, event: str, *, settles_doubt: bool = False, **fields: Any) -> str:
-        """This POST certainly created nothing: give the reservation back.
+        """This POST certainly created nothing: give its reservation back.
 
         A resend of a doubtful row that never got through says nothing of the first POST, so
-        the row stays `unknown` with its estimate at risk, unless the answer settles the doubt.
+        the row stays `unknown` with the first estimate at risk, unless the answer settles the
+        doubt; then no earlier POST of the row is counted any more either.
         The attempt number is kept, so `--retry-failed` is not undone by a skip.
         """
+        budget.release(estimate)
         if doubtful and not settles_doubt:
-            ledger.update(row_id, event, state=State.UNKNOWN, **fields)
+            ledger.update(row_id, event, state=State.UNKNOWN, **as_before, **fields)
             return State.UNKNOWN
-        runtime.budget.release(estimate)
+        if doubtful:
+            budget.release(first_estimate + earlier)
+            fields["earlier_posts_cost"] = None
         ledger.update(row_id, event, state=state, attempt=attempt, **fields)
         return state
 
-    req_hash = request_hash(row.request)
+    req_hash = request_hash(request)
     reuse_key = doubtful and record.idempotency_key
     key = record.idempotency_key if reuse_key else None
     key = key or ledger.idempotency_key(row_id, req_hash, attempt)
 
-    for _ in range(MAX_THROTTLED_ROUNDS):
+    async def post_once() -> str | None:
+        """One POST, or none when the gate says so; None asks for another round (429)."""
         await gate.wait_turn()
         gate.check()
         if gate.unreachable:
@@ -174,16 +234,34 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
             )
         if gate.payment_exhausted:
             return not_sent(State.SKIPPED_PAYMENT, "skipped")
-        ledger.record_intent(
-            row_id,
-            attempt=attempt,
-            req_hash=req_hash,
-            key=key,
-            estimated_cost=estimate,
-            run_id=runtime.run_id,
-        )
+        if gate.throttled_out:
+            return not_sent(
+                State.PENDING,
+                "not-sent",
+                error_code="rate_limited",
+                error_message=gate.throttled_out,
+            )
         try:
-            result = await _shielded(_post_and_record(runtime, row_id, row.request, key))
+            ledger.record_intent(
+                row_id,
+                attempt=attempt,
+                req_hash=req_hash,
+                key=key,
+                estimated_cost=estimate,
+                run_id=runtime.run_id,
+                # The first POST's estimate moves aside, still counted, in the same write.
+                earlier_posts_cost=earlier + first_estimate if doubtful else None,
+            )
+        except Exception:
+            budget.release(estimate)  # nothing left: the intent was never written
+            raise
+        try:
+            result = await _shielded(_post_and_record(runtime, row_id, request, key))
+        except TaskNotRecorded as exc:
+            # Paid: the row keeps its `intent` (unknown to the next run) and its reservation.
+            log.critical("%s", exc)
+            gate.stop(str(exc))
+            raise
         except SubmitOutcomeUnknown as exc:
             ledger.update(
                 row_id,
@@ -195,21 +273,38 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
             log.warning("row %s: submit outcome unknown (%s); money at risk", row_id, exc.cause)
             return State.UNKNOWN
         except RateLimitError as exc:
+            pause = gate.throttled(exc.retry_after)
+            if gate.throttled_out:
+                log.error("row %s: %s", row_id, gate.throttled_out)
+                return not_sent(
+                    State.PENDING,
+                    "not-sent",
+                    error_code="rate_limited",
+                    error_message=gate.throttled_out,
+                )
             # Out of `intent` while everyone pauses: a crash now must not read as a doubtful POST.
             back = State.UNKNOWN if doubtful else State.PENDING
-            ledger.update(row_id, "throttled", state=back, error_code="rate_limited")
-            pause = gate.throttled(exc.retry_after)
+            ledger.update(row_id, "throttled", state=back, error_code="rate_limited", **as_before)
             log.warning("row %s: throttled; all submits pause %.1fs", row_id, pause)
-            continue
+            return None
         except ConnectError as exc:
             gate.connected(False)
             log.error("row %s: API unreachable, row not sent: %s", row_id, exc)
             return not_sent(State.PENDING, "not-sent", error_code="connect", error_message=str(exc))
-        except AuthenticationError:
-            not_sent(State.PENDING, "not-sent", error_code="authentication")
-            gate.stop("authentication failed (401): check the API key")
+        except AuthenticationError as exc:  # 401, and 403 (PermissionDeniedError) where mapped
+            not_sent(State.PENDING, "not-sent", error_code="authentication", error_message=str(exc))
+            gate.stop(f"authentication failed ({exc}): check the API key")
+            raise
+        except EndpointNotFound as exc:
+            # Every row would get the same answer, and none of them created anything.
+            not_sent(
+                State.PENDING, "not-sent", error_code="endpoint_not_found", error_message=str(exc)
+            )
+            log.error("row %s: %s", row_id, exc)
+            gate.stop(f"the submit URL does not exist: {exc}")
             raise
         except PaymentRequiredError as exc:
+            gate.answered()
             gate.payment_exhausted = True
             log.error("balance exhausted (402): no new submissions; in-flight tasks continue")
             return not_sent(
@@ -219,6 +314,7 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
                 error_message=str(exc),
             )
         except BadRequestError as exc:
+            gate.answered()
             log.error("row %s: rejected by the API: %s", row_id, exc)
             # Only a plain 400 to the very same body says the first POST was refused too; a
             # 409 or 422 from a server that knows the key means the first task exists.
@@ -229,10 +325,30 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
                 error_code=exc.error_type or "bad_request",
                 error_message=str(exc),
             )
-        gate.connected(True)
+        except Exception as exc:
+            # The client's contract: whatever may have created a task is SubmitOutcomeUnknown,
+            # and a created task that the ledger refused is TaskNotRecorded (both above). So
+            # anything else left `client.submit` before a task existed: the row is never-sent.
+            not_sent(
+                State.PENDING, "not-sent", error_code="submit_error", error_message=_describe(exc)
+            )
+            log.error("row %s: not sent, the client failed: %s", row_id, _describe(exc))
+            raise
+        gate.submitted()
         log.info("row %s: submitted as %s (attempt %d)", row_id, result.task_id, attempt)
         return State.SUBMITTED
-    return not_sent(State.PENDING, "not-sent", error_code="rate_limited")
+
+    for _ in range(MAX_THROTTLED_ROUNDS):
+        async with gate.sending():
+            state = await post_once()
+        if state is not None:
+            return state
+    return not_sent(
+        State.PENDING,
+        "not-sent",
+        error_code="rate_limited",
+        error_message=f"throttled (429) {MAX_THROTTLED_ROUNDS} times in a row; not sent",
+    )
 
 
 @task(

@@ -148,3 +148,94 @@ def test_a_video_whose_cost_was_never_reported_still_counts_at_its_estimate(
         ledger.ensure("lost", 1)
         ledger.update("lost", state=State.FAILED, estimated_cost=0.3, cost=None)
         assert ledger.committed_cost() == pytest.approx(0.3)
+
+
+def test_an_earlier_unsettled_post_counts_on_top_of_the_row_own_money(tmp_path: Path) -> None:
+    """committed_cost adds a row's earlier unsettled POSTs to its real cost or estimate."""
+    with Ledger(tmp_path) as ledger:
+        for i, (state, est, cost, earlier) in enumerate(
+            [
+                (State.UNKNOWN, 0.1, None, 0.1),  # resent, and the resend is doubtful too
+                (State.DOWNLOADED, 0.1, 0.12, 0.1),  # resent, done: the first may be billed
+                (State.FAILED, 0.1, 0.0, 0.1),  # a failed resend says nothing of the first
+                (State.REJECTED, 0.1, None, None),  # settled by a plain 400
+            ]
+        ):
+            ledger.ensure(f"r{i}", i)
+            ledger.update(
+                f"r{i}", state=state, estimated_cost=est, cost=cost, earlier_posts_cost=earlier
+            )
+        assert ledger.committed_cost() == pytest.approx(0.2 + 0.22 + 0.1)
+        assert ledger.spent() == pytest.approx(0.12)  # only what the API said it charged
+
+
+def test_a_resend_intent_moves_the_first_estimate_aside_in_one_write(tmp_path: Path) -> None:
+    """record_intent of a resend keeps the first POST's estimate counted beside the new one."""
+    with Ledger(tmp_path) as ledger:
+        ledger.ensure("a", 0)
+        ledger.record_intent("a", attempt=1, req_hash="h", key="k", estimated_cost=0.1, run_id="1")
+        ledger.update("a", state=State.UNKNOWN)
+        ledger.record_intent(
+            "a",
+            attempt=1,
+            req_hash="h",
+            key="k",
+            estimated_cost=0.1,
+            run_id="2",
+            earlier_posts_cost=0.1,
+        )
+        assert ledger.committed_cost() == pytest.approx(0.2)
+        # A later attempt (--retry-failed) does not forget the unsettled first POST.
+        ledger.update("a", state=State.FAILED, cost=0.0)
+        ledger.record_intent("a", attempt=2, req_hash="h", key="k2", estimated_cost=0.1, run_id="3")
+        assert ledger.get("a").earlier_posts_cost == pytest.approx(0.1)  # type: ignore[union-attr]
+        assert ledger.committed_cost() == pytest.approx(0.2)
+
+
+_SCHEMA_1_COLUMNS = (
+    "row_id TEXT PRIMARY KEY, idx INTEGER, state TEXT, attempt INTEGER, request_hash TEXT, "
+    "idempotency_key TEXT, task_id TEXT, api_status TEXT, estimated_cost REAL, cost REAL, "
+    "error_code TEXT, error_message TEXT, intent_at REAL, submitted_at REAL, terminal_at REAL, "
+    "api_created REAL, api_completed REAL, generation_s REAL, polls INTEGER, "
+    "url_expires_at REAL, video_path TEXT, video_bytes INTEGER, video_sha256 TEXT, "
+    "video_width INTEGER, video_height INTEGER, video_duration_s REAL, download_s REAL, "
+    "run_id TEXT, updated_at REAL"
+)
+
+
+def _schema_1_ledger(folder: Path) -> None:
+    """A ledger.sqlite exactly as the first schema wrote it, with one doubtful row."""
+    folder.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(folder / "ledger.sqlite")
+    with db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        db.execute(f"CREATE TABLE rows ({_SCHEMA_1_COLUMNS})")
+        db.execute(
+            "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "at REAL, row_id TEXT, kind TEXT, detail TEXT)"
+        )
+        db.execute("INSERT INTO meta VALUES ('schema', '1'), ('salt', 'abcd1234')")
+        db.execute(
+            "INSERT INTO rows (row_id, idx, state, attempt, idempotency_key, estimated_cost, "
+            "polls) VALUES ('old', 0, 'unknown', 1, 'vb-old-a1-x', 0.1, 0)"
+        )
+    db.close()
+
+
+def test_a_ledger_from_schema_1_still_opens_and_gains_the_new_column(tmp_path: Path) -> None:
+    """An existing schema-1 ledger opens read-only as is, and for writing gains the column."""
+    _schema_1_ledger(tmp_path)
+    with Ledger(tmp_path, readonly=True) as ledger:  # `videobatch status` on an old folder
+        assert ledger.committed_cost() == pytest.approx(0.1)
+        assert ledger.get("old").earlier_posts_cost is None  # type: ignore[union-attr]
+    with open_ledger(tmp_path) as ledger:
+        assert ledger.meta("schema") == "2"
+        assert ledger.meta("salt") == "abcd1234"  # the old keys stay the same
+        record = ledger.get("old")
+        assert record is not None and record.state == State.UNKNOWN
+        ledger.update("old", earlier_posts_cost=0.1)
+        assert ledger.committed_cost() == pytest.approx(0.2)
+    columns = {
+        r[1] for r in sqlite3.connect(tmp_path / "ledger.sqlite").execute("PRAGMA table_info(rows)")
+    }
+    assert "earlier_posts_cost" in columns
