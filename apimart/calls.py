@@ -2,9 +2,11 @@
 and response parsing live here once, for both the sync and the async client.
 
 The two calls retry differently because they cost differently. Querying is free, so it retries
-every transient failure. Submitting is paid, so it retries only what certainly never reached
-the server (the connection could not be opened) and 429; every other doubtful outcome becomes
-`SubmitOutcomeUnknown`, for the caller to settle without paying twice.
+every transient failure. Submitting is paid, so it retries only what certainly created nothing
+(the connection could not be opened, a 408) and 429; every other doubtful outcome becomes
+`SubmitOutcomeUnknown`, for the caller to settle without paying twice. A request the HTTP
+layer refuses to send (`httpx.LocalProtocolError`) never left whole: `UnsendableRequest`,
+never `unknown`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
-from apimart import errors, spec
+from apimart import errors, redact, spec
 from apimart._io import Flow, Send, Sleep
 from apimart.models import SubmitResult, Task, VideoRequest
 from apimart.retry import RetryAfterTooLong, RetryPolicy
@@ -30,6 +32,13 @@ T = TypeVar("T")
 
 # Failures raised before a single byte of the request left: safe to repeat even a paid POST.
 NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+# h11 refuses to write a request it finds illegal, so no whole request left; its message quotes
+# the offending header, which is the Authorization header when the key holds a line break.
+UNSENDABLE = (
+    "the HTTP layer refused to send the request as built: a header (the API key or the user "
+    "agent) holds a character that cannot be sent in an HTTP header; nothing was sent"
+)
 
 _IDEMPOTENCY_KEY = re.compile(rf"[\x21-\x7e]{{1,{spec.IDEMPOTENCY_KEY_MAX}}}")
 
@@ -137,14 +146,21 @@ def parse_success(response: httpx.Response, parse: Callable[[object], T]) -> T:
     try:
         return parse(response.json())
     except errors.ProtocolError as exc:
-        raise errors.ProtocolError(f"{where}: {exc}") from exc
+        # The body may quote anything the request held, the key included.
+        said = redact.scrub(str(exc), [errors.request_secret(response.request)])
+        raise errors.ProtocolError(f"{where}: {said}") from exc
     except (ValueError, TypeError, OverflowError, AttributeError) as exc:
         raise errors.ProtocolError(f"{where}: unreadable body ({type(exc).__name__})") from exc
 
 
-def describe(exc: BaseException) -> str:
-    text = str(exc)
+def describe(exc: BaseException, key: Secret | None = None) -> str:
+    """The exception as text for a message, with every form of `key` scrubbed from it."""
+    text = redact.scrub(str(exc), [key.reveal()] if key else [])
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def unsendable(method: str, where: str) -> errors.UnsendableRequest:
+    return errors.UnsendableRequest({f"{method} {where}": UNSENDABLE})
 
 
 def submit_flow(
@@ -164,28 +180,38 @@ def submit_flow(
         http_request = settings.api_request(
             "POST", spec.SUBMIT_PATH, json=payload, headers={"Idempotency-Key": key}
         )
+        refused = False
         try:
             response: httpx.Response = yield Send(http_request)
+        except httpx.LocalProtocolError:
+            refused = True
         except NEVER_SENT as exc:
             yield pause(
                 settings.retry,
                 attempt,
-                errors.ConnectError(f"POST {where}: could not connect ({describe(exc)})"),
+                errors.ConnectError(
+                    f"POST {where}: could not connect ({describe(exc, settings.api_key)})"
+                ),
                 exc,
             )
             continue
         except httpx.HTTPError as exc:
             # Sent, perhaps whole: the server may have created the task and lost the answer.
-            raise unknown(describe(exc)) from exc
+            raise unknown(describe(exc, settings.api_key)) from exc
+        if refused:
+            # Raised outside the handler, so not even as context does h11's message (which
+            # quotes the header, key and all) travel with the error.
+            raise unsendable("POST", where)
         status = response.status_code
-        if status == 429:
+        if status in (408, 429):
+            # 408: the server never read the whole request, so it created nothing.
             yield pause(settings.retry, attempt, status_error(response))
             continue
         if 200 <= status < 300:
             try:
                 result = parse_success(response, SubmitResult.from_body)
             except errors.ProtocolError as exc:
-                raise unknown(describe(exc)) from exc
+                raise unknown(describe(exc, settings.api_key)) from exc
             log.info("submitted task %s (idempotency key %s)", result.task_id, key)
             return result
         if status in (404, 405):
@@ -198,7 +224,11 @@ def submit_flow(
         if 400 <= status < 500:
             # A definite refusal: the API says it did not take the request.
             errors.raise_for_response(response)
-        raise unknown(describe(status_error(response)) if status >= 500 else f"HTTP {status}")
+        raise unknown(
+            describe(status_error(response), settings.api_key)
+            if status >= 500
+            else f"HTTP {status}"
+        )
     raise AssertionError("unreachable")
 
 
@@ -219,14 +249,20 @@ def task_flow(settings: Settings, task_id: str, language: str | None) -> Flow[Ta
     where = errors.redact_url(settings.base_url + path)
     for attempt in count(1):
         log.debug("query %s try %d", where, attempt)
+        refused = False
         try:
             response: httpx.Response = yield Send(settings.api_request("GET", path, params=params))
+        except httpx.LocalProtocolError:
+            refused = True
         except httpx.HTTPError as exc:
             kind = errors.ConnectError if isinstance(exc, NEVER_SENT) else errors.TransportError
-            yield pause(settings.retry, attempt, kind(f"GET {where}: {describe(exc)}"), exc)
+            said = describe(exc, settings.api_key)
+            yield pause(settings.retry, attempt, kind(f"GET {where}: {said}"), exc)
             continue
+        if refused:
+            raise unsendable("GET", where)
         status = response.status_code
-        if status == 429 or status >= 500:
+        if status in (408, 429) or status >= 500:
             yield pause(settings.retry, attempt, status_error(response))
             continue
         if 200 <= status < 300:

@@ -4,9 +4,10 @@ Both are thin shells. What a call sends, when it retries and how it reads the an
 written once, as I/O-free flows (`apimart.calls`, `apimart.download`), which each shell runs
 with its own httpx client (`apimart._io`).
 
-Secrets: the API key is never in a repr, message or log record of ours, and signed download
-links appear only redacted. httpx itself logs every request's full URL (signed query
-included) at INFO on the `httpx` logger: keep that logger at WARNING in production.
+Secrets: the API key is never in a repr, message or log record of ours (in any of its forms,
+see `apimart.redact`), and signed download links appear only redacted. httpx itself logs every
+request's full URL (signed query included) at INFO on the `httpx` logger: keep that logger at
+WARNING in production (`apimart.redact.install_redaction` does).
 """
 
 from __future__ import annotations
@@ -54,16 +55,55 @@ def _base_url(value: str | None) -> str:
     return str(url.copy_with(query=None, fragment=None)).rstrip("/")
 
 
-def _api_key(value: str | None) -> Secret:
-    key = value if value is not None else os.environ.get(ENV_API_KEY, "")
-    if not key.strip():
-        # Refused at construction: a run should stop before it plans anything it cannot send.
+def _unsendable_kind(key: str) -> str | None:
+    """What kind of character makes `key` unsendable in a header, or None if none does.
+
+    Names a class of character, never the character's place or neighbours: the message must
+    say nothing about the key itself.
+    """
+    for char in key:
+        if char in "\r\n":
+            return "a line break"
+        if char.isspace():
+            return "a space"
+        if not char.isascii():
+            return "a non-ASCII character"
+        if not "\x21" <= char <= "\x7e":
+            return "a control character"
+    return None
+
+
+def check_api_key(key: str | None) -> str:
+    """The key, stripped, if it can be sent as `Authorization: Bearer <key>`.
+
+    Raises AuthenticationError (401, `missing_api_key` or `invalid_api_key`) for a missing key
+    or one holding anything but visible ASCII (0x21-0x7E): a key wrapped across two lines of a
+    secrets file would otherwise fail only inside the HTTP layer, whose error quotes the header.
+    The message names the rule, never the key or any part of it. Call it before opening
+    anything, so a run that cannot send stops before it plans.
+    """
+    stripped = (key or "").strip()
+    if not stripped:
         raise errors.AuthenticationError(
             f"no API key: pass api_key= or set {ENV_API_KEY}",
             status_code=401,
             error_type="missing_api_key",
         )
-    return Secret(key.strip())
+    kind = _unsendable_kind(stripped)
+    if kind is not None:
+        raise errors.AuthenticationError(
+            f"the API key holds {kind}, which cannot be sent in an HTTP header (only visible "
+            f"ASCII characters can: no line break, space or non-ASCII character): check "
+            f"{ENV_API_KEY} or the key you passed",
+            status_code=401,
+            error_type="invalid_api_key",
+        )
+    return stripped
+
+
+def _api_key(value: str | None) -> Secret:
+    # Refused at construction: a run should stop before it plans anything it cannot send.
+    return Secret(check_api_key(value if value is not None else os.environ.get(ENV_API_KEY, "")))
 
 
 def _timeout(value: httpx.Timeout | float) -> httpx.Timeout:
@@ -77,8 +117,9 @@ class _ClientBase(Generic[TransportT]):
     """Configuration shared by both faces.
 
     Keyword-only: `base_url` (else env APIMART_BASE_URL, else the vendor's URL; https only,
-    plain http only to a loopback host), `api_key` (else env APIMART_API_KEY; a missing key
-    raises AuthenticationError here, at construction, before anything is planned),
+    plain http only to a loopback host), `api_key` (else env APIMART_API_KEY; a missing key,
+    or one that cannot be sent in a header (see `check_api_key`), raises AuthenticationError
+    here, at construction, before anything is planned),
     `timeout` and `download_timeout` (an httpx.Timeout, or one number of seconds for every
     phase), `retry`, `transport` (any httpx transport of the face's kind, for tests and
     proxies) and `user_agent`.

@@ -2,12 +2,23 @@
 
     APIMartError
     ├── RequestValidationError        a request broke a documented rule; nothing was sent
+    │   └── UnsendableRequest         the HTTP layer refused to send the request as built (a
+    │                                 header holds an illegal character): no whole request
+    │                                 left this machine, and every request would fail alike,
+    │                                 so stop the run; never `unknown`
     ├── TransportError                the network failed (connect, read, write, timeout)
     │   └── ConnectError              the request certainly never reached the server
+    │       └── RequestTimeoutError   408 (also an APIStatusError): the server gave up reading
+    │                                 the request, so it created nothing; retried like a
+    │                                 connect failure, and like one when the tries run out
     ├── ProtocolError                 a 2xx answer whose body we cannot understand
     ├── APIStatusError                the API answered with an error status
-    │   ├── BadRequestError           400: fix the row, never retry it as is (.error_type)
+    │   ├── BadRequestError           400 (and other 4xx not named here): fix the row,
+    │   │                             never retry it as is (.error_type)
     │   ├── AuthenticationError       401: stop the whole run
+    │   │   └── PermissionDeniedError 403: the key, or this network (a proxy, a WAF), may not
+    │   │                             use the API; it says nothing of the row, and nothing
+    │   │                             was created, so stop the run as for 401, row never-sent
     │   ├── PaymentRequiredError      402: stop submitting, keep polling what is in flight
     │   ├── NotFoundError             404: unknown task id
     │   │   └── EndpointNotFound      404/405 on the POST: no such route (a wrong base URL);
@@ -21,8 +32,8 @@
         └── DownloadIntegrityError    wrong content type, short body, too large
 
 Only `raise_for_response` turns an HTTP response into an `APIStatusError`, so every caller
-sees the same mapping. Messages never carry the API key or a signed URL's query string:
-use `redact_url` for any URL that goes into a message.
+sees the same mapping. Messages never carry the API key (in any form: `apimart.redact`) or a
+signed URL's query string: use `redact_url` for any URL that goes into a message.
 """
 
 from __future__ import annotations
@@ -34,6 +45,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+
+from apimart import redact
 
 
 class APIMartError(Exception):
@@ -47,6 +60,15 @@ class RequestValidationError(APIMartError, ValueError):
         self.problems = dict(problems)
         detail = "; ".join(f"{field}: {why}" for field, why in self.problems.items())
         super().__init__(f"invalid request: {detail}")
+
+
+class UnsendableRequest(RequestValidationError):
+    """The HTTP layer (h11) refused to send the request as built: an illegal header value.
+
+    h11 refuses before it writes anything it considers illegal, so the server never received
+    a whole request and nothing was created. The headers are the client's own (key, user
+    agent), so every other request would be refused alike: stop, fix the configuration.
+    """
 
 
 class TransportError(APIMartError):
@@ -76,6 +98,14 @@ class BadRequestError(APIStatusError):
 
 class AuthenticationError(APIStatusError):
     """401: the API key is missing or wrong."""
+
+
+class PermissionDeniedError(AuthenticationError):
+    """403: the key, or the network the request came through, may not use the API.
+
+    Proxies and WAFs answer 403 too, whatever the row holds, so it is no verdict on the row
+    (unlike 400) and nothing was created: stop the run as for 401, the row stays never-sent.
+    """
 
 
 class PaymentRequiredError(APIStatusError):
@@ -111,6 +141,14 @@ class RateLimitError(APIStatusError):
 
 class ServerError(APIStatusError):
     """5xx: the server failed."""
+
+
+class RequestTimeoutError(ConnectError, APIStatusError):
+    """408: the server (or a proxy) gave up before it had read the whole request.
+
+    A request it never finished reading cannot have created a task, so even a paid POST is
+    retried, within the retry policy, and one that never gets through is a connect failure.
+    """
 
 
 class SubmitOutcomeUnknown(APIMartError):
@@ -184,8 +222,20 @@ _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
     402: PaymentRequiredError,
+    403: PermissionDeniedError,
     404: NotFoundError,
+    408: RequestTimeoutError,
 }
+
+_STATUS_NOTES = {
+    403: " (refused for this key or network, not for the request's content; nothing created)",
+    408: " (the server did not finish reading the request; nothing created)",
+}
+
+
+def request_secret(request: httpx.Request) -> str:
+    """The bearer token a request carries ("" if none), for scrubbing what echoes it."""
+    return request.headers.get("Authorization", "").partition(" ")[2].strip()
 
 
 def raise_for_response(response: httpx.Response) -> None:
@@ -194,12 +244,12 @@ def raise_for_response(response: httpx.Response) -> None:
     if 200 <= status < 300:
         return
     error_type, message = _error_fields(response)
-    # A gateway that echoes the request back would put our key into the message.
-    auth = response.request.headers.get("Authorization", "")
-    token = auth.partition(" ")[2].strip()
-    if len(token) >= 8:
-        message = message.replace(token, "<redacted>")
-    text = f"HTTP {status} from {redact_url(response.request.url)}: {message}"
+    note = _STATUS_NOTES.get(status, "")
+    # A gateway that echoes the request back would put our key, in some form, into the message.
+    text = redact.scrub(
+        f"HTTP {status} from {redact_url(response.request.url)}: {message}{note}",
+        [request_secret(response.request)],
+    )
     if status == 429:
         raise RateLimitError(
             text,

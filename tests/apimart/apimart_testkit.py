@@ -6,16 +6,27 @@ import asyncio
 import itertools
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
 
 from apimart import AsyncAPIMartClient, RetryPolicy, Task
+from apimart.redact import secret_forms
 from apimart.sandbox import Faults, RunningSandbox, SandboxConfig
 
 # A canary: test_client_secrets.py proves it never shows up in a message, repr or log record.
 API_KEY = "sk-CANARY-5e1f0c7d9a2b4e68"
+
+
+def assert_no_canary(texts: Iterable[str], key: str = API_KEY) -> None:
+    """No text holds the key in any form it can take (raw, repr, escaped, encoded, base64)."""
+    forms = secret_forms(key)
+    for text in texts:
+        for form in forms:
+            assert form not in text, f"the API key ({form!r}) leaked into {text[:300]!r}"
+
+
 TIME_SCALE = 0.001
 _seeds = itertools.count(100)
 
@@ -81,6 +92,29 @@ class CountingTransport(httpx.AsyncBaseTransport):
 
     def count(self, method: str, path_part: str) -> int:
         return sum(r.method == method and path_part in r.url.path for r in self.requests)
+
+
+class ProxyTransport(httpx.AsyncBaseTransport):
+    """A stand-in for a proxy or WAF in front of the API (the vendor-side thing we cannot run):
+    `answer(request, n)` may answer the n-th request (1-based) itself; any request it leaves
+    (returns None) goes on to the real server over real HTTP."""
+
+    def __init__(self, answer: Callable[[httpx.Request, int], httpx.Response | None]) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.answer = answer
+        self.requests: list[httpx.Request] = []
+        self.forwarded = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        response = self.answer(request, len(self.requests))
+        if response is not None:
+            return response
+        self.forwarded += 1
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 def new_key() -> str:
