@@ -12,6 +12,7 @@ from apimart_testkit import (
     API_KEY,
     CountingTransport,
     MakeSandbox,
+    ProxyTransport,
     Sandbox,
     client_for,
     new_key,
@@ -32,6 +33,7 @@ from apimart import (
     VideoRequest,
     retry,
 )
+from apimart.errors import EndpointNotFound, PermissionDeniedError, RequestTimeoutError
 from apimart.sandbox import FaultRule, Faults
 
 ALWAYS = FaultRule(rate=1.0)
@@ -267,3 +269,99 @@ def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 def test_base_url_must_protect_the_key(url: str) -> None:
     with pytest.raises(RequestValidationError, match="base_url"):
         AsyncAPIMartClient(base_url=url, api_key=API_KEY)
+
+
+# --- a wrong route, and what a proxy in front of the API may answer -----------------------
+
+
+@pytest.mark.parametrize("suffix", ["/v1", "/v1/"])
+async def test_base_url_ending_in_v1_is_endpoint_not_found_and_creates_nothing(
+    make_sandbox: MakeSandbox, suffix: str
+) -> None:
+    """A base URL that ends in /v1 (the plausible typo) meets the sandbox's real 404: the POST
+    raises EndpointNotFound naming the URL tried, is not retried, and creates no task."""
+    sb = make_sandbox()
+    transport = CountingTransport()
+    async with client_for(sb.url + suffix, transport=transport) as client:
+        with pytest.raises(EndpointNotFound) as caught:
+            await client.submit(VideoRequest.build(prompt=unique()), idempotency_key=new_key())
+    assert caught.value.status_code == 404
+    assert f"{sb.url}/v1/v1/videos/generations" in str(caught.value)
+    assert "/v1" in str(caught.value) and "nothing was created" in str(caught.value)
+    assert not isinstance(caught.value, SubmitOutcomeUnknown)
+    assert len(transport.requests) == 1
+    assert sb.state.counters.snapshot()["tasks_created"] == 0
+
+
+async def test_405_on_the_post_is_endpoint_not_found(make_sandbox: MakeSandbox) -> None:
+    """A 405 to the POST (a gateway whose route takes GET only) is EndpointNotFound too, and
+    the sandbox behind it saw nothing."""
+    sb = make_sandbox()
+
+    def method_not_allowed(request: httpx.Request, n: int) -> httpx.Response:
+        return httpx.Response(405, headers={"Allow": "GET"}, text="Method Not Allowed")
+
+    async with client_for(sb, transport=ProxyTransport(method_not_allowed)) as client:
+        with pytest.raises(EndpointNotFound) as caught:
+            await client.submit(VideoRequest.build(prompt=unique()), idempotency_key=new_key())
+    assert caught.value.status_code == 405
+    assert sb.state.counters.snapshot()["tasks_created"] == 0
+
+
+def forbidden_by_waf(request: httpx.Request, n: int) -> httpx.Response:
+    return httpx.Response(
+        403, text="<html><h1>403 Forbidden</h1>Request blocked by policy</html>", request=request
+    )
+
+
+async def test_a_proxys_403_is_permission_denied_not_a_rejected_row(
+    make_sandbox: MakeSandbox,
+) -> None:
+    """A 403 from a proxy or WAF is PermissionDeniedError (an AuthenticationError: stop the run,
+    row never-sent), never BadRequestError (which would mark the row rejected for good)."""
+    sb = make_sandbox()
+    proxy = ProxyTransport(forbidden_by_waf)
+    async with client_for(sb, transport=proxy) as client:
+        with pytest.raises(PermissionDeniedError) as caught:
+            await client.submit(VideoRequest.build(prompt=unique()), idempotency_key=new_key())
+    error = caught.value
+    assert isinstance(error, AuthenticationError) and not isinstance(error, BadRequestError)
+    assert error.status_code == 403
+    assert "not for the request's content" in str(error) and "nothing created" in str(error)
+    assert len(proxy.requests) == 1, "a 403 is not retried"
+    assert proxy.forwarded == 0 and sb.state.counters.snapshot()["submit_requests"] == 0
+
+
+async def test_408_then_success_creates_exactly_one_task(make_sandbox: MakeSandbox) -> None:
+    """A 408 (the proxy gave up reading the request) created nothing, so the POST is retried,
+    like a connect failure, and the retry reaches the sandbox, which creates one task."""
+    sb = make_sandbox()
+
+    def timed_out_first(request: httpx.Request, n: int) -> httpx.Response | None:
+        return httpx.Response(408, text="Request Timeout", request=request) if n <= 2 else None
+
+    proxy = ProxyTransport(timed_out_first)
+    key = new_key()
+    async with client_for(sb, transport=proxy) as client:
+        result = await client.submit(VideoRequest.build(prompt=unique()), idempotency_key=key)
+    assert len(proxy.requests) == 3 and proxy.forwarded == 1
+    assert {r.headers["Idempotency-Key"] for r in proxy.requests} == {key}
+    assert created(sb, key) == 1 and result.task_id in sb.state.tasks
+
+
+async def test_408_exhausted_is_a_connect_failure_not_unknown(make_sandbox: MakeSandbox) -> None:
+    """A 408 on every try ends, within the retry policy, as RequestTimeoutError: a
+    ConnectError (row never-sent), never SubmitOutcomeUnknown, and no task exists."""
+    sb = make_sandbox()
+
+    def always_timed_out(request: httpx.Request, n: int) -> httpx.Response:
+        return httpx.Response(408, text="Request Timeout", request=request)
+
+    proxy = ProxyTransport(always_timed_out)
+    async with client_for(sb, transport=proxy, retry=RetryPolicy(attempts=4)) as client:
+        with pytest.raises(ConnectError) as caught:
+            await client.submit(VideoRequest.build(prompt=unique()), idempotency_key=new_key())
+    assert isinstance(caught.value, RequestTimeoutError) and caught.value.status_code == 408
+    assert "nothing created" in str(caught.value)
+    assert len(proxy.requests) == 4
+    assert sb.state.counters.snapshot()["submit_requests"] == 0

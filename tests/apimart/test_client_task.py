@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 from apimart_testkit import (
     CountingTransport,
     MakeSandbox,
+    ProxyTransport,
     Sandbox,
     client_for,
     new_key,
@@ -25,6 +27,7 @@ from apimart import (
     ServerError,
     VideoRequest,
 )
+from apimart.errors import PermissionDeniedError
 from apimart.sandbox import FaultRule, Faults
 
 
@@ -146,3 +149,28 @@ async def test_bad_arguments_are_refused(
     async with client_for(sandbox) as client:
         with pytest.raises(RequestValidationError):
             await client.get_task(task_id, language=language)
+
+
+async def test_query_408_is_retried_and_403_stops_at_once(sandbox: Sandbox) -> None:
+    """On the free query a proxy's 408 is retried until the sandbox answers; its 403 is
+    PermissionDeniedError (an AuthenticationError, so polling stops the run) at the first."""
+    async with client_for(sandbox) as client:
+        task_id = await submit(client)
+
+    def timed_out_twice(request: httpx.Request, n: int) -> httpx.Response | None:
+        return httpx.Response(408, text="Request Timeout", request=request) if n <= 2 else None
+
+    proxy = ProxyTransport(timed_out_twice)
+    async with client_for(sandbox, transport=proxy) as client:
+        assert (await client.get_task(task_id)).id == task_id
+    assert len(proxy.requests) == 3 and proxy.forwarded == 1
+
+    def forbidden(request: httpx.Request, n: int) -> httpx.Response:
+        return httpx.Response(403, text="Forbidden", request=request)
+
+    proxy = ProxyTransport(forbidden)
+    async with client_for(sandbox, transport=proxy) as client:
+        with pytest.raises(AuthenticationError) as caught:
+            await client.get_task(task_id)
+    assert isinstance(caught.value, PermissionDeniedError) and caught.value.status_code == 403
+    assert len(proxy.requests) == 1

@@ -34,7 +34,9 @@ def api_error(status: int, kind: str, message: str = "nope") -> dict[str, object
         (400, "unsupported_image_count", errors.BadRequestError),
         (401, "authentication_error", errors.AuthenticationError),
         (402, "payment_required", errors.PaymentRequiredError),
+        (403, "forbidden", errors.PermissionDeniedError),
         (404, "not_found", errors.NotFoundError),
+        (408, "request_timeout", errors.RequestTimeoutError),
         (418, "teapot", errors.BadRequestError),
         (500, "server_error", errors.ServerError),
         (503, "overloaded", errors.ServerError),
@@ -108,7 +110,17 @@ def test_submit_outcome_unknown_names_its_key() -> None:
 
 
 def test_tree() -> None:
+    """The tree as drawn in the module docstring, including the deliberate 403 and 408 places:
+    a 403 stops the run like a 401, a 408 is handled like a connect failure."""
     assert issubclass(errors.ConnectError, errors.TransportError)
+    assert issubclass(errors.PermissionDeniedError, errors.AuthenticationError)
+    assert not issubclass(errors.PermissionDeniedError, errors.BadRequestError)
+    assert issubclass(errors.RequestTimeoutError, errors.ConnectError)
+    assert issubclass(errors.RequestTimeoutError, errors.APIStatusError)
+    assert issubclass(errors.UnsendableRequest, errors.RequestValidationError)
+    assert issubclass(errors.EndpointNotFound, errors.NotFoundError)
+    for cls in (errors.PermissionDeniedError, errors.RequestTimeoutError):
+        assert cls.__name__ in (errors.__doc__ or ""), f"{cls.__name__} is not in the tree"
     assert issubclass(errors.LinkExpiredError, errors.DownloadError)
     assert issubclass(errors.DownloadIntegrityError, errors.DownloadError)
     assert issubclass(errors.RequestValidationError, ValueError)
