@@ -1,8 +1,11 @@
-"""Waiting for one task: an async loop inside the task, Prefect retries only for transient errors.
+"""Waiting for one task: an async loop inside the task, bounded by one deadline per row.
 
 Polling by task retries would cost the Prefect server far more than this loop (see
-shared/prefect-notes.md); the retries are for a network or server that failed the client's
-own retries, never for "not finished yet".
+shared/prefect-notes.md). The loop also rides out a network or server that failed the
+client's own retries: such a query is a missed poll, followed by a longer wait, and only the
+row's deadline ends it. That deadline is set once per row per run (monotonic, in the Runtime)
+and bounds every wait and every query, the client's own retries included, so a resumed,
+retried or throttled row can never poll past `poll_timeout`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from apimart.errors import (
 )
 from apimart.models import Task
 from tasks.ledger import State
-from tasks.runtime import Runtime, get_runtime, retry_when, run_logger
+from tasks.runtime import Runtime, get_runtime, run_logger
 
 # What a later try could cure; everything else fails the task at once.
 TRANSIENT = (TransportError, ServerError, ProtocolError, RateLimitError)
@@ -74,8 +77,54 @@ def record_terminal(runtime: Runtime, row_id: str, task: Task, polls: int) -> st
     return state
 
 
+# The first query of a row gets at least this long, even when the initial delay used up
+# the whole deadline: every row is asked about at least once per run.
+MIN_QUERY_S = 2.0
+# After failed polls the wait doubles from poll_interval up to this, so an API that is down
+# is not hammered by every row at once.
+MAX_FAILED_POLL_WAIT_S = 120.0
+
+
+def first_poll_delay(submitted_at: float | None, initial_delay: float, now: float) -> float:
+    """What is left of the initial delay, by the wall clock that recorded the submission.
+
+    A `submitted_at` in our future (written by a worker whose clock runs ahead of ours)
+    counts as just submitted: the wait is never longer than `initial_delay`.
+    """
+    if submitted_at is None:
+        return initial_delay
+    return min(initial_delay, max(0.0, initial_delay - (now - submitted_at)))
+
+
+def _failed_poll_wait(interval: float, failures: int) -> float:
+    return min(interval * 2 ** (failures - 1), max(interval, MAX_FAILED_POLL_WAIT_S))
+
+
+def _timed_out(
+    runtime: Runtime, row_id: str, status: str | None, polls: int, problem: str | None
+) -> str:
+    timeout = runtime.options.poll_timeout
+    if status is None:
+        message = f"no answer about the task in {timeout:.0f}s of polling"
+    else:
+        message = f"still {status} after {timeout:.0f}s of polling"
+    if problem:
+        message += f"; the last query failed: {problem}"
+    values: dict[str, Any] = {"api_status": status} if status is not None else {}
+    runtime.ledger.update(
+        row_id,
+        "poll-timeout",
+        state=State.TIMEOUT,
+        polls=polls,
+        error_code="poll_timeout",
+        error_message=message + "; task id kept, the next run resumes polling",
+        **values,
+    )
+    return State.TIMEOUT
+
+
 async def poll_row(runtime: Runtime, row_id: str) -> str:
-    """Query the row's task until it ends or this run's polling deadline passes."""
+    """Query the row's task until it ends or this run's polling deadline for it passes."""
     options, ledger, log = runtime.options, runtime.ledger, run_logger()
     record = ledger.get(row_id)
     if (
@@ -90,49 +139,57 @@ async def poll_row(runtime: Runtime, row_id: str) -> str:
         return record.state if record else State.PENDING
     task_id = record.task_id
     polls = record.polls or 0
-    started = time.monotonic()
-    since_submit = time.time() - (record.submitted_at or time.time())
-    await asyncio.sleep(max(0.0, options.poll_initial_delay - since_submit))
+    status = record.api_status
+    deadline, first_entry = runtime.start_polling(row_id)
+    if first_entry:
+        delay = first_poll_delay(record.submitted_at, options.poll_initial_delay, time.time())
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+    elif time.monotonic() >= deadline:
+        return _timed_out(runtime, row_id, status, polls, None)
     warned: set[str] = set()
+    failures = 0
+    problem: str | None = None
     while True:
         runtime.gate.check()
         try:
-            task = await runtime.client.get_task(task_id)
+            # Bounds the client's own retries (and their waits) by what is left.
+            async with asyncio.timeout(max(deadline - time.monotonic(), MIN_QUERY_S)):
+                task = await runtime.client.get_task(task_id)
         except AuthenticationError:
             runtime.gate.stop("authentication failed (401): check the API key")
             raise
-        polls += 1
-        if task.is_terminal:
-            state = record_terminal(runtime, row_id, task, polls)
-            log.info("row %s: task %s %s after %d polls", row_id, task_id, task.status, polls)
-            return state
-        if not task.is_known_status and task.status not in warned:
-            warned.add(task.status)
-            log.warning("row %s: unknown status %r, still waiting", row_id, task.status)
-        if time.monotonic() - started + options.poll_interval > options.poll_timeout:
-            ledger.update(
+        except (TimeoutError, *TRANSIENT) as exc:
+            failures += 1
+            problem = str(exc) or "no answer before the polling deadline"
+            wait = _failed_poll_wait(options.poll_interval, failures)
+            log.warning(
+                "row %s: query of task %s failed (%s); polling on until the deadline",
                 row_id,
-                "poll-timeout",
-                state=State.TIMEOUT,
-                api_status=task.status,
-                polls=polls,
-                error_code="poll_timeout",
-                error_message=(
-                    f"still {task.status} after {options.poll_timeout:.0f}s of polling; "
-                    "task id kept, the next run resumes polling"
-                ),
+                task_id,
+                problem,
             )
-            return State.TIMEOUT
-        await asyncio.sleep(options.poll_interval)
+        else:
+            polls += 1
+            failures, problem = 0, None
+            if task.is_terminal:
+                state = record_terminal(runtime, row_id, task, polls)
+                log.info("row %s: task %s %s after %d polls", row_id, task_id, task.status, polls)
+                return state
+            status = task.status
+            if not task.is_known_status and task.status not in warned:
+                warned.add(task.status)
+                log.warning("row %s: unknown status %r, still waiting", row_id, task.status)
+            wait = options.poll_interval
+        if time.monotonic() + wait > deadline:
+            return _timed_out(runtime, row_id, status, polls, problem)
+        await asyncio.sleep(wait)
 
 
+# No Prefect retries: the loop itself rides out transient failures within the row's one
+# deadline, and a retry on top would only stack more queries on an API that is struggling.
 @task(
     name="poll",
     task_run_name="poll-{row_id}",
-    retries=3,
-    retry_delay_seconds=[5, 20, 60],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_when(*TRANSIENT),
     cache_policy=NO_CACHE,
 )
 async def poll_task(run_key: str, row_id: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,9 +43,21 @@ class Runtime:
     # Fresh signed links live only in memory: they are credentials and never stored.
     links: dict[str, Video] = field(default_factory=dict)
     on_row_done: Callable[[str, str], None] | None = None
+    # Per row, the monotonic time this run stops polling it: set by its first poll, kept by
+    # every later entry (a retry of the step included), so no retry restarts the clock.
+    poll_deadlines: dict[str, float] = field(default_factory=dict)
 
     def row(self, row_id: str) -> ManifestRow:
         return self._rows[row_id]
+
+    def start_polling(self, row_id: str) -> tuple[float, bool]:
+        """The row's polling deadline in this run (monotonic), and whether it was set just
+        now (the row's first poll in this run) rather than by an earlier entry."""
+        if row_id in self.poll_deadlines:
+            return self.poll_deadlines[row_id], False
+        deadline = time.monotonic() + self.options.poll_timeout
+        self.poll_deadlines[row_id] = deadline
+        return deadline, True
 
     def __post_init__(self) -> None:
         self._rows = {r.id: r for r in self.manifest.rows}

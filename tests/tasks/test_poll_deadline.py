@@ -1,0 +1,164 @@
+"""One polling deadline per row per run: it bounds every wait and query, retries included.
+
+The poll step is called through `.fn()` against the sandbox over real HTTP; the sandbox's
+`query_5xx` fault makes every query fail and `hold_tasks` keeps every task running, so no
+test here waits on a task finishing by chance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apimart import retry
+from apimart.sandbox import FaultRule, RunningSandbox, SandboxConfig, run_in_thread
+from tasks.ledger import State
+from tasks.options import RunOptions
+from tasks.poll import first_poll_delay, poll_task
+from tasks.run import open_run
+from tasks.runtime import Runtime
+from tasks.submit import submit_task
+
+KEY = "sk-poll-deadline-canary-0b7e"
+ALWAYS = FaultRule(rate=1.0)
+# The client's default policy: five tries per query.
+TRIES_PER_QUERY = retry.RetryPolicy().attempts
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APIMART_API_KEY", KEY)
+
+
+def _manifest(path: Path, count: int) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "prompt", "duration"])
+        for i in range(count):
+            writer.writerow([f"r{i}", f"deadline row {i}", 4])
+    return path
+
+
+@asynccontextmanager
+async def run_for(
+    tmp_path: Path, rows: int = 1, **options: Any
+) -> AsyncIterator[tuple[str, Runtime, RunningSandbox]]:
+    config = SandboxConfig(api_key=KEY, time_scale=0.002)
+    values: dict[str, Any] = {"poll_initial_delay": 0.05, "poll_interval": 0.05, **options}
+    with run_in_thread(config) as sb:
+        opts = RunOptions(
+            manifest=str(_manifest(tmp_path / "m.csv", rows)),
+            out=str(tmp_path / "out"),
+            base_url=sb.url,
+            submit_rate=1000,
+            **values,
+        )
+        async with open_run(opts) as (key, runtime):
+            yield key, runtime, sb
+
+
+def queries(sb: RunningSandbox) -> int:
+    return sum(sb.state.stats()["queries_by_task"].values())
+
+
+def query_bound(poll_timeout: float, poll_interval: float) -> int:
+    """Most queries one row may make under a total outage: failed polls back off by doubling
+    from poll_interval, each poll being one client call of TRIES_PER_QUERY tries."""
+    polls = math.floor(math.log2(poll_timeout / poll_interval + 1)) + 2
+    return polls * TRIES_PER_QUERY
+
+
+async def test_an_api_that_always_answers_503_ends_the_row_timeout_within_the_deadline(
+    tmp_path: Path,
+) -> None:
+    """Every query 503: the row ends `timeout` at its deadline, queries bounded, id kept."""
+    async with run_for(tmp_path, poll_timeout=1.0) as (key, rt, sb):
+        assert await submit_task.fn(key, "r0") == State.SUBMITTED
+        sb.config.faults.query_5xx = ALWAYS
+        with retry.no_waits():  # the client retries as fast as it can: the worst case
+            started = time.monotonic()
+            assert await poll_task.fn(key, "r0") == State.TIMEOUT
+            took = time.monotonic() - started
+        record = rt.ledger.get("r0")
+    assert took < 1.0 + 1.0
+    assert record is not None and record.state == State.TIMEOUT and record.task_id
+    assert record.error_code == "poll_timeout"
+    assert record.error_message is not None and "503" in record.error_message
+    assert 0 < queries(sb) <= query_bound(1.0, 0.05)
+
+
+async def test_the_clients_own_retry_waits_stop_at_the_deadline(tmp_path: Path) -> None:
+    """With real backoff waits (about 8 s for one query's five tries), polling still stops
+    at its 3 s deadline instead of sleeping through the client's retries."""
+    async with run_for(tmp_path, poll_timeout=3.0, poll_initial_delay=0) as (key, _rt, sb):
+        assert await submit_task.fn(key, "r0") == State.SUBMITTED
+        sb.config.faults.query_5xx = ALWAYS
+        assert retry.waits_enabled()
+        started = time.monotonic()
+        assert await poll_task.fn(key, "r0") == State.TIMEOUT
+        took = time.monotonic() - started
+    assert took < 3.0 + 1.5
+    assert queries(sb) < TRIES_PER_QUERY  # the one query's tries were cut short
+
+
+async def test_a_second_entry_in_the_same_run_keeps_the_first_deadline(tmp_path: Path) -> None:
+    """A retried poll step does not restart the clock: past the deadline it ends at once."""
+    async with run_for(tmp_path, poll_timeout=0.5) as (key, rt, sb):
+        sb.config.faults.hold_tasks = True
+        assert await submit_task.fn(key, "r0") == State.SUBMITTED
+        assert await poll_task.fn(key, "r0") == State.TIMEOUT
+        asked = queries(sb)
+        started = time.monotonic()
+        assert await poll_task.fn(key, "r0") == State.TIMEOUT
+        assert time.monotonic() - started < 0.25
+        assert queries(sb) == asked
+        record = rt.ledger.get("r0")
+    assert record is not None and record.task_id and record.api_status == "processing"
+
+
+async def test_a_submitted_at_in_the_future_does_not_stretch_the_first_wait(
+    tmp_path: Path,
+) -> None:
+    """Clock skew: a row stamped an hour ahead (by a worker whose clock runs fast) is first
+    polled after the initial delay, not an hour later."""
+    async with run_for(tmp_path, poll_timeout=1.0, poll_initial_delay=0.2) as (key, rt, sb):
+        sb.config.faults.hold_tasks = True
+        assert await submit_task.fn(key, "r0") == State.SUBMITTED
+        rt.ledger.update("r0", submitted_at=time.time() + 3600)
+        started = time.monotonic()
+        state = await asyncio.wait_for(poll_task.fn(key, "r0"), timeout=10)
+        took = time.monotonic() - started
+    assert state == State.TIMEOUT
+    assert took < 1.0 + 1.0
+    assert queries(sb) >= 2
+
+
+async def test_the_initial_delay_is_bounded_by_the_deadline(tmp_path: Path) -> None:
+    """An initial delay longer than the polling deadline still ends the row on time, after
+    one query (every row is asked about at least once per run)."""
+    async with run_for(tmp_path, poll_timeout=0.5, poll_initial_delay=60) as (key, _rt, sb):
+        sb.config.faults.hold_tasks = True
+        assert await submit_task.fn(key, "r0") == State.SUBMITTED
+        started = time.monotonic()
+        state = await asyncio.wait_for(poll_task.fn(key, "r0"), timeout=10)
+        took = time.monotonic() - started
+    assert state == State.TIMEOUT
+    assert took < 0.5 + 1.0
+    assert queries(sb) == 1
+
+
+def test_first_poll_delay_never_exceeds_the_initial_delay() -> None:
+    """The wait before the first query is what is left of the initial delay, never more."""
+    now = 1_000_000.0
+    assert first_poll_delay(now - 3, 8, now) == pytest.approx(5)
+    assert first_poll_delay(now - 30, 8, now) == 0
+    assert first_poll_delay(now + 3600, 8, now) == 8  # stamped in our future
+    assert first_poll_delay(None, 8, now) == 8
