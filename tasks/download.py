@@ -3,6 +3,11 @@
 A video is done only when it is on disk, its hash recorded, and PyAV decodes it. A link that
 expired or is refused is renewed once by querying the task again; a video we still cannot fetch
 is reported loudly as `download_failed` with its task id, so it can be fetched later.
+
+Prefect retries the step only for what a later try can cure: a CDN or API that kept failing
+through the client's own retries. A body that is not the video, a link to a forbidden host,
+a file that does not decode or a disk that is full end the row at once as `download_failed`
+(the next run tries again), instead of downloading the same bad bytes four times.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from apimart.download import DownloadUnavailable
 from apimart.errors import DownloadError, LinkExpiredError
 from apimart.models import Video
 from tasks.ledger import State
@@ -53,6 +59,10 @@ async def _fresh_link(runtime: Runtime, row_id: str, task_id: str) -> Video | No
     return video
 
 
+# What Prefect retries the download step for.
+RETRYABLE = (DownloadUnavailable, *TRANSIENT)
+
+
 async def download_row(runtime: Runtime, row_id: str) -> str:
     """Download the row's video if it is paid for and not yet safely on disk."""
     record = runtime.ledger.get(row_id)
@@ -62,17 +72,31 @@ async def download_row(runtime: Runtime, row_id: str) -> str:
         return State.DOWNLOADED
     if record.state not in (State.COMPLETED, State.DOWNLOADED, State.DOWNLOAD_FAILED):
         return record.state
-    log, options = run_logger(), runtime.options
     dest = runtime.out / video_relpath(row_id)
+    try:
+        return await _fetch_and_verify(runtime, row_id, record.task_id, dest)
+    except RETRYABLE:
+        raise
+    except DownloadError as exc:
+        return mark_download_failed(runtime, row_id, str(exc))
+    except OSError as exc:
+        # A full or read-only disk: the bytes are still at the CDN, the next run fetches them.
+        return mark_download_failed(runtime, row_id, f"could not write {dest.name}: {exc}")
+
+
+async def _fetch_and_verify(runtime: Runtime, row_id: str, task_id: str, dest: Path) -> str:
+    log, options = run_logger(), runtime.options
     dest.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     video = runtime.links.pop(row_id, None)
     for renewed in (False, True):
         if video is None or renewed:
-            video = await _fresh_link(runtime, row_id, record.task_id)
+            video = await _fresh_link(runtime, row_id, task_id)
             if video is None:
                 return mark_download_failed(runtime, row_id, "the completed task lists no video")
         try:
+            # A link whose expires_at looks past is still tried: our clock may be the wrong
+            # one, and the CDN's refusal (LinkExpiredError) is what renews it.
             result = await runtime.client.download(
                 video.url,
                 dest,
@@ -90,18 +114,30 @@ async def download_row(runtime: Runtime, row_id: str) -> str:
     return _verify(runtime, row_id, dest, result.sha256, result.bytes, time.monotonic() - started)
 
 
+def undecodable_path(dest: Path) -> Path:
+    """Where the bytes of a video that does not decode are kept: hidden, and not an .mp4."""
+    return dest.with_name(f".{dest.name}.undecodable")
+
+
 def _verify(
     runtime: Runtime, row_id: str, dest: Path, sha256: str, size: int, seconds: float
 ) -> str:
     row = runtime.row(row_id)
     assert row.request is not None
+    kept = undecodable_path(dest)
     try:
         info = probe_video(dest)
     except VideoUnreadable as exc:
-        # Keep the bytes we paid for beside the name, so a person can still look at them.
-        kept = dest.with_suffix(".undecodable.mp4")
+        # Keep the bytes we paid for out of sight, so no .mp4 in videos/ is unverified and a
+        # person can still look at them.
         dest.replace(kept)
-        raise DownloadError(f"row {row_id}: downloaded file does not decode ({exc})") from exc
+        return mark_download_failed(
+            runtime,
+            row_id,
+            f"the downloaded file does not decode as a video ({exc}); "
+            f"its bytes are kept as {VIDEOS_DIR}/{kept.name}",
+        )
+    kept.unlink(missing_ok=True)
     width, height = row.request.frame_size
     mismatch = info.mismatch(width, height, row.request.duration)
     runtime.ledger.update(
@@ -146,7 +182,7 @@ def mark_download_failed(runtime: Runtime, row_id: str, why: str) -> str:
     retries=3,
     retry_delay_seconds=[2, 10, 30],
     retry_jitter_factor=0.5,
-    retry_condition_fn=retry_when(DownloadError, *TRANSIENT),
+    retry_condition_fn=retry_when(*RETRYABLE),
     cache_policy=NO_CACHE,
 )
 async def download_task(run_key: str, row_id: str) -> str:
