@@ -22,7 +22,17 @@ An empty cell means "use the API default". Every other column is carried through
 
 Local image paths are resolved against the manifest's folder, checked by their magic bytes
 (not their suffix: a renamed text file would otherwise cost a failed paid call) and sent as
-data URIs. Each distinct file is read and encoded once per manifest.
+data URIs. Each distinct file is read and encoded once per manifest. A manifest may only
+send files from inside its own folder or the folder given as `assets` (`--assets DIR`): the
+path is judged after following every symlink, so neither `../` nor a link inside the folder
+reaches a file elsewhere (a manifest dropped into an inbox must not mail out ~/.ssh).
+
+http(s) URLs in `image_urls` and `video_urls` are handed to the vendor to fetch, so they must
+name a public host (apimart.netguard's rule; loopback is refused too, since the vendor cannot
+reach our loopback anyway). Literal hosts are judged as written. Names are resolved once
+each per read, all at once in a thread pool, after the rows are parsed: a name resolving to a
+non-public address is refused, and one that does not resolve here is left for the vendor (a
+machine without DNS must still validate a manifest of public URLs).
 
 Ids become file names and the key under which a paid task is remembered, so they are
 validated and never rewritten: a rewritten id would no longer match the user's manifest on a
@@ -38,19 +48,25 @@ Rows are numbered from 1 in messages ("row 1" is the first data row); `index` is
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import math
+import os
 import re
+import socket
+import stat
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from apimart import spec
+from apimart import netguard, spec
 from apimart.errors import RequestValidationError
 from apimart.models import VideoRequest
 
@@ -97,8 +113,14 @@ _INTEGRAL: Final = re.compile(r"[+-]?[0-9]+(?:\.0*)?")
 # Any scheme://: left to VideoRequest, whose rule explains that only http(s) is accepted.
 # A prefix test by design (match, not fullmatch): it only sorts URLs from file paths.
 _URL_SCHEME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-# Stands in for a local image that failed our checks, so VideoRequest still judges the count.
+# Stands in for an entry that failed our checks, so VideoRequest still judges the count.
 _PLACEHOLDER_URL: Final = "https://placeholder.invalid/image"
+_PLACEHOLDER_VIDEO: Final = "https://placeholder.invalid/video"
+_INSIDE_RULE: Final = "must be inside the manifest's folder or --assets"
+# Other URL parsers (browsers, the vendor's) drop or reinterpret these, and may then read
+# another host than urlsplit does: `http://127.0.0.1\@cdn.example/` is 127.0.0.1 to a browser.
+_URL_UNSAFE_CHARS: Final = re.compile(r"[\x00-\x20\x7f\\]")
+_RESOLVE_WORKERS: Final = 32
 # Written by pandas.to_parquet for a non-default index: not a manifest column.
 _PANDAS_INDEX: Final = re.compile(r"__index_level_[0-9]+__")
 
@@ -154,8 +176,17 @@ class Manifest:
         return tuple(row for row in self.rows if not row.valid)
 
 
-def read_manifest(path: str | Path, *, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Manifest:
-    """Read and validate a manifest; raise ManifestError only when it cannot be read at all."""
+def read_manifest(
+    path: str | Path,
+    *,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    assets: str | Path | None = None,
+) -> Manifest:
+    """Read and validate a manifest; raise ManifestError only when it cannot be read at all.
+
+    Local image files must lie inside the manifest's folder or inside `assets` (symlinks
+    followed); relative paths are relative to the manifest's folder either way.
+    """
     source = Path(path).expanduser().resolve()
     suffix = source.suffix.lower()
     if suffix not in SUFFIXES:
@@ -177,8 +208,16 @@ def read_manifest(path: str | Path, *, max_image_bytes: int = DEFAULT_MAX_IMAGE_
         found = ", ".join(repr(name) for name in header) or "none"
         raise ManifestError(f"{source}: no 'prompt' column (columns found: {found})")
 
-    images = _ImageResolver(source.parent, max_image_bytes)
-    rows = [_parse_row(n, record, columns, images) for n, record in enumerate(records)]
+    roots = [source.parent]
+    if assets is not None:
+        folder = Path(assets).expanduser().resolve()
+        if not folder.is_dir():
+            raise ManifestError(f"--assets {folder}: no such folder")
+        roots.append(folder)
+    images = _ImageResolver(source.parent, tuple(roots), max_image_bytes)
+    hosts = _HostJudge()
+    rows = [_parse_row(n, record, columns, images, hosts) for n, record in enumerate(records)]
+    rows = hosts.judge_names(rows)
     rows = _mark_duplicates(rows)
     return Manifest(
         path=source,
@@ -357,15 +396,122 @@ def _url_list(value: object) -> tuple[list[object] | None, str | None]:
     return None, f"must be a list of URLs or file paths, got {type(value).__name__}"
 
 
+def _is_http(text: str) -> bool:
+    return text[:8].lower().startswith(("http://", "https://"))
+
+
+class _HostJudge:
+    """Whether the hosts of the http(s) URLs we would forward are public, each judged once.
+
+    `literal` runs while rows are parsed and needs no network. Names it cannot judge are
+    collected and resolved together by `judge_names`, which then refuses the rows naming a
+    host that resolved to a non-public address.
+    """
+
+    def __init__(self) -> None:
+        self._literal: dict[str, str | None] = {}
+        self._resolved: dict[str, str | None] = {}
+        # (row index, column, entry number, host) of every name awaiting resolution.
+        self._asked: list[tuple[int, str, int, str]] = []
+
+    def literal(self, url: str, index: int, column: str, number: int) -> str | None:
+        """Why this http(s) URL must not be forwarded, judged as written, or None."""
+        if _URL_UNSAFE_CHARS.search(url):
+            return (
+                f"entry {number}: URL contains a space, control character or backslash; "
+                "percent-encode it"
+            )
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+            _ = parts.port  # raises ValueError for a port no client could use
+        except ValueError:
+            return f"entry {number}: not a valid URL (its host or port cannot be read)"
+        if not host:
+            return None  # VideoRequest's rule names a URL without a host
+        if host not in self._literal:
+            self._literal[host] = netguard.host_problem(host, allow_loopback=False)
+        problem = self._literal[host]
+        if problem:
+            return _host_rule(column, number, host, problem)
+        if not _is_ip_literal(host):
+            self._asked.append((index, column, number, host))
+        return None
+
+    def judge_names(self, rows: list[ManifestRow]) -> list[ManifestRow]:
+        """Resolve every distinct name once, concurrently; refuse rows naming a bad one."""
+        names = sorted({host for *_, host in self._asked} - set(self._resolved))
+        if names:
+            with ThreadPoolExecutor(min(_RESOLVE_WORKERS, len(names))) as pool:
+                for name, problem in zip(names, pool.map(_resolve_problem, names), strict=True):
+                    self._resolved[name] = problem
+        found: dict[int, dict[str, str]] = {}
+        for index, column, number, host in self._asked:
+            problem = self._resolved[host]
+            if problem:
+                _add(found.setdefault(index, {}), column, _host_rule(column, number, host, problem))
+        self._asked.clear()
+        if not found:
+            return rows
+        marked = []
+        for row in rows:
+            extra = found.get(row.index)
+            if extra is None:
+                marked.append(row)
+                continue
+            problems = dict(row.problems)
+            for column, rule in extra.items():
+                _add(problems, column, rule)
+            marked.append(replace(row, request=None, problems=_ordered(problems)))
+        return marked
+
+
+def _host_rule(column: str, number: int, host: str, problem: str) -> str:
+    kind = "image" if column == "image_urls" else "video"
+    return f"entry {number}: host {host} is {problem}; {kind} URLs must name a public host"
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve_problem(host: str) -> str | None:
+    """Why a name must not be forwarded after resolving it, or None (also when it does not
+    resolve here: the vendor resolves it on its own network, and we never fetch it)."""
+    try:
+        # The port does not change the addresses: one look-up per name.
+        infos = socket.getaddrinfo(host, 443, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return None
+    for info in infos:
+        text = str(info[4][0]).split("%", 1)[0]
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        problem = netguard.address_problem(address, allow_loopback=False)
+        if problem:
+            return f"a name that resolves to {problem} ({address})"
+    return None
+
+
 class _ImageResolver:
     """Turns image_urls entries into what the API accepts, reading each local file once."""
 
     _KINDS: Final = "PNG, JPEG or WEBP"
 
-    def __init__(self, folder: Path, max_bytes: int) -> None:
+    def __init__(self, folder: Path, roots: tuple[Path, ...], max_bytes: int) -> None:
         self._folder = folder
+        self._roots = roots
         self._max_bytes = max_bytes
         self._cache: dict[Path, tuple[str | None, str | None]] = {}
+        # By the entry as written too: a 100,000-row manifest repeating one logo resolves once.
+        self._by_text: dict[str, tuple[object, str | None]] = {}
+        self._outside = f"{_INSIDE_RULE} ({' or '.join(str(root) for root in roots)})"
 
     def resolve(self, entry: object) -> tuple[object, str | None]:
         """(value to send, problem). URLs and non-strings pass through to VideoRequest."""
@@ -374,27 +520,50 @@ class _ImageResolver:
         text = entry.strip()
         if text[:5].lower() == "data:" or _URL_SCHEME.match(text):
             return text, None
+        if text not in self._by_text:
+            self._by_text[text] = self._local(text)
+        return self._by_text[text]
+
+    def _local(self, text: str) -> tuple[object, str | None]:
         path = Path(text)
         try:
             resolved = (path if path.is_absolute() else self._folder / path).resolve()
         except (OSError, ValueError, RuntimeError):
             # A NUL byte or a symlink loop: no such file can be opened.
             return None, "not a usable file path"
+        # Judged before the file is looked at: nothing is said about files outside.
+        if not any(resolved.is_relative_to(root) for root in self._roots):
+            return None, self._outside
         if resolved not in self._cache:
             self._cache[resolved] = self._encode(resolved)
         return self._cache[resolved]
 
     def _encode(self, path: Path) -> tuple[str | None, str | None]:
+        # `path` has no symlinks left; O_NOFOLLOW keeps a link swapped in since from being read.
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
-            if not path.is_file():
-                what = "is not a file" if path.exists() else "file not found"
-                return None, f"{what} ({path})"
-            size = path.stat().st_size
-            if size > self._max_bytes:
-                return None, f"file is {size} bytes, over the limit of {self._max_bytes} bytes"
-            data = path.read_bytes()
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            return None, f"file not found ({path})"
         except (OSError, ValueError) as exc:
             return None, f"cannot read the file ({getattr(exc, 'strerror', None) or exc})"
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return None, f"is not a file ({path})"
+            if info.st_size > self._max_bytes:
+                return (
+                    None,
+                    f"file is {info.st_size} bytes, over the limit of {self._max_bytes} bytes",
+                )
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                data = handle.read(self._max_bytes + 1)
+        except (OSError, ValueError) as exc:
+            return None, f"cannot read the file ({getattr(exc, 'strerror', None) or exc})"
+        finally:
+            os.close(fd)
+        if len(data) > self._max_bytes:
+            return None, f"file is over the limit of {self._max_bytes} bytes"
         kind = _image_kind(data)
         if kind is None:
             return None, f"not a {self._KINDS} image (judged by its content, not its name)"
@@ -413,7 +582,7 @@ def _image_kind(data: bytes) -> str | None:
 
 
 def _parse_row(
-    index: int, record: list[Any], columns: _Columns, images: _ImageResolver
+    index: int, record: list[Any], columns: _Columns, images: _ImageResolver, hosts: _HostJudge
 ) -> ManifestRow:
     def cell(name: str) -> object:
         position = columns.known.get(name)
@@ -460,6 +629,12 @@ def _parse_row(
             if why:
                 image_problems.append(f"entry {number} ({entry!r}): {why}")
                 value = _PLACEHOLDER_URL
+            elif isinstance(value, str) and _is_http(value):
+                # The URL itself is not echoed: a signed link carries its credential.
+                why = hosts.literal(value, index, "image_urls", number)
+                if why:
+                    image_problems.append(why)
+                    value = _PLACEHOLDER_URL
             send_images.append(value)
         if image_problems:
             problems["image_urls"] = "; ".join(image_problems)
@@ -469,6 +644,15 @@ def _parse_row(
         problems["video_urls"] = why
     if videos is not None:
         videos = [v.strip() if isinstance(v, str) else v for v in videos]
+        video_problems: list[str] = []
+        for number, video in enumerate(videos, start=1):
+            if isinstance(video, str) and _is_http(video):
+                why = hosts.literal(video, index, "video_urls", number)
+                if why:
+                    video_problems.append(why)
+                    videos[number - 1] = _PLACEHOLDER_VIDEO
+        if video_problems:
+            _add(problems, "video_urls", "; ".join(video_problems))
 
     model = _text(cell("model"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -351,7 +352,11 @@ def test_local_png_becomes_a_data_uri_of_the_file(tmp_path: Path) -> None:
     (images / "pic.png").write_bytes(PNG)
     folder = tmp_path / "manifests"
     folder.mkdir()
-    row = one_row(folder, image_urls=["../images/pic.png"])
+    manifest = read_manifest(
+        write_jsonl(folder, [{"id": "r1", "prompt": "A", "image_urls": ["../images/pic.png"]}]),
+        assets=images,
+    )
+    (row,) = manifest.rows
     assert row.valid, row.message
     assert row.request is not None
     (uri,) = row.request.image_urls
@@ -407,19 +412,20 @@ def test_every_bad_entry_and_the_count_are_reported(tmp_path: Path) -> None:
 def test_each_image_file_is_read_once_per_manifest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Five rows naming one file three ways open it once (a counting pass-through os.open)."""
     (tmp_path / "a.png").write_bytes(PNG)
-    reads: list[Path] = []
-    original = Path.read_bytes
+    opened: list[str] = []
+    original = os.open
 
-    def counting(self: Path) -> bytes:
-        reads.append(self)
-        return original(self)
+    def counting(path: Any, *args: Any, **kwargs: Any) -> int:
+        opened.append(str(path))
+        return original(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", counting)
+    monkeypatch.setattr(os, "open", counting)
     rows = [{"prompt": f"P{n}", "image_urls": ["a.png", "./a.png", "a.png"]} for n in range(5)]
     manifest = read_manifest(write_jsonl(tmp_path, rows))
     assert all(row.valid for row in manifest.rows)
-    assert len(reads) == 1
+    assert opened.count(str(tmp_path.resolve() / "a.png")) == 1
 
 
 # --- unreadable manifests ---
@@ -471,8 +477,10 @@ def test_nameless_empty_trailing_column_is_ignored(tmp_path: Path) -> None:
 
 
 def test_demo_manifests_are_valid_and_agree() -> None:
-    csv_manifest = read_manifest(DEMO / "demo.csv")
-    parquet_manifest = read_manifest(DEMO / "demo.parquet")
+    # The demo keeps its images in data/images, beside (not inside) data/manifests.
+    assets = ROOT / "data" / "images"
+    csv_manifest = read_manifest(DEMO / "demo.csv", assets=assets)
+    parquet_manifest = read_manifest(DEMO / "demo.parquet", assets=assets)
     for manifest in (csv_manifest, parquet_manifest):
         assert isinstance(manifest, Manifest)
         assert len(manifest.rows) == 8
