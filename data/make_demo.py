@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
-IMAGES = HERE / "images"
+IMAGES = HERE / "manifests" / "images"
 MANIFESTS = HERE / "manifests"
 WIDTH, HEIGHT = 320, 180
 
@@ -55,7 +55,7 @@ DEMO_ROWS: list[dict[str, Any]] = [
         "duration": 10,
         "resolution": "1080p",
         "aspect_ratio": "16:9",
-        "image_urls": ["../images/sunrise.png"],
+        "image_urls": ["images/sunrise.png"],
         "campaign": "brand-refresh",
     },
     {
@@ -78,7 +78,7 @@ DEMO_ROWS: list[dict[str, Any]] = [
         "duration": 8,
         "resolution": "720p",
         "aspect_ratio": "9:16",
-        "image_urls": ["../images/logo.png", "../images/palette.png", "../images/product.png"],
+        "image_urls": ["images/logo.png", "images/palette.png", "images/product.png"],
         "campaign": "brand-refresh",
     },
     {
@@ -126,7 +126,7 @@ INVALID_ROWS: list[dict[str, str]] = [
      "duration": "6", "resolution": "8k", "aspect_ratio": "16:9", "image_urls": ""},
     {"id": "two-images", "prompt": "Blend these two pictures into one scene.",
      "duration": "6", "resolution": "1080p", "aspect_ratio": "9:16",
-     "image_urls": "../images/logo.png|../images/palette.png"},
+     "image_urls": "images/logo.png|images/palette.png"},
     {"id": "no-prompt", "prompt": "", "duration": "8", "resolution": "720p",
      "aspect_ratio": "16:9", "image_urls": ""},
     {"id": "ok-first", "prompt": "The same id again, so this row is refused.",

@@ -13,7 +13,7 @@ import pytest
 from tasks.manifest import ManifestError, ManifestRow, read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
-PNG = (ROOT / "data" / "images" / "sunrise.png").read_bytes()
+PNG = (ROOT / "data" / "manifests" / "images" / "sunrise.png").read_bytes()
 INSIDE_RULE = "must be inside the manifest's folder or --assets"
 
 
