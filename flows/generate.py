@@ -13,14 +13,15 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.artifacts import Progress, artifact_key, publish_results
+from tasks.artifacts import Progress, artifact_key, publish_estimate, publish_results
 from tasks.download import download_task, mark_download_failed
 from tasks.gate import RunStopped
 from tasks.ledger import TO_POLL, State
+from tasks.manifest import read_manifest
 from tasks.options import RunOptions
 from tasks.poll import poll_task
 from tasks.report import write_report
-from tasks.run import finish_run, open_run, rows_needing_work
+from tasks.run import estimate_run, finish_run, ledger_conflicts, open_run, rows_needing_work
 from tasks.runtime import Runtime, run_logger
 from tasks.submit import submit_task
 
@@ -63,6 +64,8 @@ async def _one_row(
 @flow(name="generate-videos", log_prints=False, validate_parameters=True)
 async def generate_videos(options: RunOptions) -> dict[str, Any]:
     """Generate one video per manifest row; resumable, and never pays twice for a row."""
+    if options.dry_run:
+        return await _estimate_only(options)
     async with open_run(options) as (key, runtime):
         log = run_logger()
         rows = rows_needing_work(runtime)
@@ -87,6 +90,7 @@ async def generate_videos(options: RunOptions) -> dict[str, Any]:
 
         outcomes = await asyncio.gather(*(run_row(r) for r in rows), return_exceptions=True)
         table = finish_run(runtime)
+        check = ledger_conflicts(runtime.manifest, runtime.ledger.all())
         report = write_report(runtime.out, table) if options.report else None
         markdown = await publish_results(
             table, key=artifact_key(options.out), title=f"videobatch {options.out}", report=report
@@ -104,4 +108,38 @@ async def generate_videos(options: RunOptions) -> dict[str, Any]:
             "completed": statuses.count("completed"),
             "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
             "summary": markdown,
+            "held": [c.message for c in check.held],
         }
+
+
+async def _estimate_only(options: RunOptions) -> dict[str, Any]:
+    """`dry_run`: validate and estimate, publish the estimate; no ledger, lock or client."""
+    log = run_logger()
+    manifest = read_manifest(options.manifest, assets=options.assets)
+    invalid = [row.message for row in manifest.invalid_rows]
+    for message in invalid:
+        log.warning("invalid, would not be sent: %s", message)
+    estimate = estimate_run(manifest, options)
+    markdown = await publish_estimate(
+        estimate, invalid, key=artifact_key(options.out), title=f"videobatch {options.out}"
+    )
+    log.info(
+        "dry run: %d rows, %d valid, %d invalid, estimated cost %.2f; nothing was sent",
+        estimate.rows,
+        estimate.valid,
+        estimate.invalid,
+        estimate.cost,
+    )
+    return {
+        "out": options.out,
+        "dry_run": True,
+        "rows": estimate.rows,
+        "valid": estimate.valid,
+        "invalid": estimate.invalid,
+        "estimated_cost": estimate.cost,
+        "minutes": [estimate.minutes_low, estimate.minutes_high],
+        "completed": 0,
+        "statuses": {},
+        "summary": markdown,
+        "held": [],
+    }

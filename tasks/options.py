@@ -16,6 +16,10 @@ class RunOptions(BaseModel):
     out: str = Field(
         "out", description="Output folder: ledger, videos/, results.parquet and results.csv."
     )
+    assets: str | None = Field(
+        None,
+        description="Folder local image paths may come from, besides the manifest's own folder.",
+    )
     concurrency: int = Field(
         8, ge=1, le=1000, description="Most jobs in flight (submitted and not finished) at once."
     )

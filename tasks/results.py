@@ -10,7 +10,13 @@ Columns, in order (`SCHEMA` holds the fixed ones with their Arrow types):
                            with (CSV cells are strings). One whose name collides with a fixed
                            column is renamed `manifest_<name>` (prefixed again while that name
                            is taken too), so neither hides the other.
-    status                 one of RESULT_STATUSES (see `result_status`)
+    status                 one of RESULT_STATUSES (see `result_status`); `conflict` marks a row
+                           held because its paid task was made from another version of the
+                           row: its money columns (task_id, attempt, cost, estimated_cost,
+                           submitted_at, run_id) stay, since money spent is still spent, but
+                           what that task made (video_*, timings, completed_at) is left empty,
+                           so no video is ever shown under a request it was not made from. The
+                           file itself stays on disk untouched.
     error_code, error_message
     task_id, attempt
     cost                   what the API reported it charged (None while unknown)
@@ -76,6 +82,7 @@ REJECTED: Final = "rejected"
 DOWNLOAD_FAILED: Final = "download_failed"
 TIMEOUT: Final = "timeout"
 UNKNOWN: Final = "unknown"
+CONFLICT: Final = "conflict"
 NOT_SUBMITTED: Final = "not_submitted"
 SKIPPED_BUDGET: Final = "skipped_budget"
 SKIPPED_PAYMENT: Final = "skipped_payment"
@@ -90,6 +97,7 @@ RESULT_STATUSES: Final = (
     DOWNLOAD_FAILED,
     TIMEOUT,
     UNKNOWN,
+    CONFLICT,
     NOT_SUBMITTED,
     SKIPPED_BUDGET,
     SKIPPED_PAYMENT,
@@ -129,6 +137,23 @@ _SETTLED: Final = frozenset(
 _UNSENT: Final = frozenset({NOT_SUBMITTED, SKIPPED_BUDGET, SKIPPED_PAYMENT, REJECTED})
 
 INVALID_ROW_CODE: Final = "invalid_row"
+CONFLICT_CODE: Final = "manifest_conflict"
+# What a held row's old task made: shown under the row's new request, it would be a lie.
+_OLD_RESULT: Final = (
+    "completed_at",
+    "generation_s",
+    "wait_s",
+    "polls",
+    "download_s",
+    "total_s",
+    "video_path",
+    "video_bytes",
+    "video_sha256",
+    "video_width",
+    "video_height",
+    "video_duration_s",
+    "url_expires_at",
+)
 MANIFEST_PREFIX: Final = "manifest_"
 
 _TS: Final = pa.timestamp("us", tz="UTC")
@@ -196,13 +221,26 @@ def build_results(
     ledger_rows: Mapping[str, RowRecord],
     *,
     prices: dict[str, float] | None = None,
+    held: Mapping[str, str] | None = None,
 ) -> pa.Table:
-    """One line per manifest row, in manifest order (`prices` as for `spec.estimate_cost`)."""
+    """One line per manifest row, in manifest order (`prices` as for `spec.estimate_cost`).
+
+    `held` maps the rows the ledger check holds (see `tasks.run.ledger_conflicts`) to why:
+    they read `conflict`, with that reason as their error message.
+    """
     rows = manifest.rows
     records = [ledger_rows.get(row.id) for row in rows]
     columns: dict[str, list[Any]] = {f.name: [] for f in (*_HEAD, *_TAIL)}
+    held = held or {}
+    seen: set[str] = set()
     for row, record in zip(rows, records, strict=True):
-        for name, value in _row_values(row, record, prices).items():
+        values = _row_values(row, record, prices)
+        # A duplicate id is the later, invalid copy; the hold is the first row's.
+        if row.id in held and row.id not in seen:
+            values.update(dict.fromkeys(_OLD_RESULT))
+            values.update(status=CONFLICT, error_code=CONFLICT_CODE, error_message=held[row.id])
+        seen.add(row.id)
+        for name, value in values.items():
             columns[name].append(value)
 
     extra_fields, extra_arrays = _extra_columns(manifest)

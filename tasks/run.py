@@ -8,16 +8,26 @@ ended well, stopped, or is rebuilt later by `videobatch results`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
 
-from apimart.client import AsyncAPIMartClient
+from apimart.client import AsyncAPIMartClient, check_api_key
+from apimart.errors import AuthenticationError
 from tasks.gate import Budget, SubmitGate
-from tasks.ledger import NEVER_SENT, WITH_TASK, Ledger, State, open_ledger, request_hash
+from tasks.layout import LayoutMismatch, require_layout
+from tasks.ledger import (
+    NEVER_SENT,
+    WITH_TASK,
+    Ledger,
+    RowRecord,
+    State,
+    open_ledger,
+    request_hash,
+)
 from tasks.manifest import Manifest, ManifestRow, read_manifest
 from tasks.options import RunOptions
 from tasks.results import build_results, write_results
@@ -37,43 +47,254 @@ class RunRefused(Exception):
 
 
 class ManifestConflict(RunRefused):
-    """The output folder holds paid tasks for rows the manifest no longer asks for as sent."""
+    """The output folder belongs to another version of this manifest: nothing was sent."""
 
 
-def ledger_conflicts(manifest: Manifest, ledger: Ledger) -> list[str]:
-    """Rows with a task (or a doubtful POST) in OUT that the manifest now contradicts.
+# The vendor may charge a failed or cancelled task too; then it is paid like any other.
+_UNPAID_ENDS = frozenset({State.FAILED, State.CANCELLED})
 
-    Resuming over them would be wrong either way: the old video would be reported for a new
-    prompt, or a row that moved would be paid for again under another id, or a paid task
-    would silently drop out of the results.
+
+def holds_money(record: RowRecord) -> bool:
+    """The row has a task that was (or may have been) paid for, or a POST of unknown outcome."""
+    if record.state in NEVER_SENT:
+        return False
+    if record.state in _UNPAID_ENDS:
+        return bool(record.cost)
+    return True
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A row with a paid or doubtful task in OUT that the manifest now contradicts.
+
+    `kind` is "changed" (its request is not the one sent), "invalid" (the row as now written
+    breaks a rule), "vanished" (not in the manifest) or "moved" (a row that would be sent
+    asks for exactly what another row's paid task was made from).
+    """
+
+    row_id: str
+    kind: str
+    task: str
+    other: str | None = None
+
+    @property
+    def message(self) -> str:
+        fix = "give the changed row a new id, or restore it"
+        if self.kind == "changed":
+            return f"{self.row_id}: the row changed since it was sent ({self.task}); {fix}"
+        if self.kind == "invalid":
+            return (
+                f"{self.row_id}: has {self.task} but the manifest row is now invalid; "
+                "fix it back to what was sent, or give the new row a new id"
+            )
+        if self.kind == "vanished":
+            return (
+                f"{self.row_id}: has {self.task} in this folder but is not in the manifest; "
+                "restore the row to have it polled and downloaded"
+            )
+        return (
+            f"{self.row_id}: asks for exactly what {self.other} was sent as ({self.task}): "
+            "the rows were renamed (a manifest without an id column names rows by position, "
+            "so inserting or deleting a row renames every row after it)"
+        )
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    """What a ledger says about a manifest, before anything is sent or reported.
+
+    `held`: rows whose paid or doubtful task the manifest contradicts. They are left as they
+    are (not sent, not polled, not relabelled) while every other row proceeds.
+    `renewed`: rows whose every task was unpaid and whose request changed; they are new
+    requests and are sent as a new attempt (with a new idempotency key).
+    `moved`: rows that would be sent but ask for exactly what a held row's task was made from;
+    sending them would pay twice for one video, so the run is refused.
+    `matched`: rows with a paid or doubtful task that the manifest still asks for unchanged.
+    """
+
+    held: tuple[Conflict, ...] = ()
+    renewed: tuple[str, ...] = ()
+    moved: tuple[Conflict, ...] = ()
+    matched: int = 0
+
+    @property
+    def held_messages(self) -> dict[str, str]:
+        return {c.row_id: c.message for c in self.held}
+
+    def refusal(self, out: Path | str) -> str | None:
+        """Why the whole run is refused, or None when it may go on with `held` rows held.
+
+        Refused when rows moved (sending them pays twice), or when not one paid row of OUT is
+        still asked for unchanged: then OUT belongs to another manifest, and resuming into it
+        would only mix the two.
+        """
+        if self.moved:
+            shown = _listing([*self.moved, *self.held])
+            return (
+                f"{out} was run with another version of this manifest, and rows seem to have "
+                f"moved ({len(self.moved)} would pay again for a video already paid: {shown}). "
+                "Nothing was sent. Restore the old row ids (e.g. add an id column with the "
+                "names the folder knows), or restore the manifest."
+            )
+        if self.held and not self.matched:
+            shown = _listing(self.held)
+            return (
+                f"{out} was run with another manifest: none of its paid rows is asked for "
+                f"unchanged ({len(self.held)} rows differ: {shown}). Nothing was sent. Restore "
+                "the manifest, or use a new --out folder for this one."
+            )
+        return None
+
+    def held_report(self) -> str:
+        return (
+            f"{len(self.held)} rows held, not sent and not relabelled, because their paid task "
+            f"was made from another version of the row: {_listing(self.held)}. Nothing is paid "
+            "twice: give a changed row a new id (it is then sent as a new row), or restore it "
+            "(its task is then polled and downloaded)."
+        )
+
+
+def _listing(conflicts: list[Conflict] | tuple[Conflict, ...], limit: int = 10) -> str:
+    shown = "; ".join(c.message for c in conflicts[:limit])
+    return shown + (f"; ... and {len(conflicts) - limit} more" if len(conflicts) > limit else "")
+
+
+def ledger_conflicts(manifest: Manifest, records: Mapping[str, RowRecord]) -> LedgerCheck:
+    """Compare OUT's ledger with the manifest: the one check of every command that reads both.
+
+    A row whose tasks were all unpaid and whose request changed is simply a new request. A
+    row with a paid or doubtful task that changed, vanished or became invalid is a conflict:
+    resuming it would report the old video under a new prompt, or pay again.
     """
     rows: dict[str, ManifestRow] = {}
     for each in manifest.rows:
         rows.setdefault(each.id, each)  # a duplicate id is the later, invalid copy
-    problems = []
-    for record in ledger.all().values():
-        if record.state in NEVER_SENT:
-            continue
-        task = f"task {record.task_id}" if record.task_id else "a POST of unknown outcome"
+    held: list[Conflict] = []
+    renewed: list[str] = []
+    matched = 0
+    for record in records.values():
         row = rows.get(record.row_id)
+        changed = (
+            row is not None
+            and row.request is not None
+            and bool(record.request_hash)
+            and record.request_hash != request_hash(row.request)
+        )
+        if not holds_money(record):
+            if changed and record.state in _UNPAID_ENDS:
+                renewed.append(record.row_id)
+            continue
+        task = (
+            f"task {record.task_id}, {record.state}"
+            if record.task_id
+            else "a POST of unknown outcome"
+        )
         if row is None:
-            problems.append(
-                f"{record.row_id}: has {task} in this folder but is not in the manifest"
-            )
+            held.append(Conflict(record.row_id, "vanished", task))
         elif row.request is None:
-            problems.append(f"{record.row_id}: has {task} but the manifest row is now invalid")
-        elif record.request_hash and record.request_hash != request_hash(row.request):
-            problems.append(f"{record.row_id}: the row changed since it was sent ({task})")
-    return problems
+            held.append(Conflict(record.row_id, "invalid", task))
+        elif changed:
+            held.append(Conflict(record.row_id, "changed", task))
+        else:
+            matched += 1
+    # What a held row's task was made from must not be bought again under another name.
+    paid_for = {records[c.row_id].request_hash: c for c in held if records[c.row_id].request_hash}
+    moved: list[Conflict] = []
+    held_ids = {c.row_id for c in held}
+    for row in manifest.valid_rows:
+        assert row.request is not None
+        own = records.get(row.id)
+        if row.id in held_ids or (own is not None and holds_money(own)):
+            continue
+        source = paid_for.get(request_hash(row.request))
+        if source is not None and source.row_id != row.id:
+            moved.append(Conflict(row.id, "moved", source.task, other=source.row_id))
+    return LedgerCheck(tuple(held), tuple(renewed), tuple(moved), matched)
+
+
+def renewed_record(record: RowRecord) -> RowRecord:
+    """An unpaid row whose request changed, as a new request: never sent, next attempt.
+
+    The old task's facts go (they describe another request); the new attempt number gives
+    the new request its own idempotency key. The ledger's events keep the old task id.
+    """
+    return replace(
+        record,
+        state=State.PENDING,
+        attempt=record.attempt + 1,
+        request_hash=None,
+        idempotency_key=None,
+        task_id=None,
+        api_status=None,
+        estimated_cost=None,
+        cost=None,
+        error_code="request_changed",
+        error_message=(
+            f"the row changed after task {record.task_id} ({record.state}, unpaid); "
+            "sent again as a new request"
+        ),
+        intent_at=None,
+        submitted_at=None,
+        terminal_at=None,
+        api_created=None,
+        api_completed=None,
+        generation_s=None,
+        polls=0,
+        url_expires_at=None,
+    )
+
+
+def records_for_results(
+    check: LedgerCheck, records: Mapping[str, RowRecord]
+) -> dict[str, RowRecord]:
+    """The ledger as the next run will see it: renewed rows read as new requests."""
+    return {
+        row_id: renewed_record(r) if row_id in check.renewed else r for row_id, r in records.items()
+    }
+
+
+_RENEWED_FIELDS = (
+    "state",
+    "attempt",
+    "request_hash",
+    "idempotency_key",
+    "task_id",
+    "api_status",
+    "estimated_cost",
+    "cost",
+    "error_code",
+    "error_message",
+    "intent_at",
+    "submitted_at",
+    "terminal_at",
+    "api_created",
+    "api_completed",
+    "generation_s",
+    "polls",
+    "url_expires_at",
+)
+
+
+def _renew(ledger: Ledger, record: RowRecord) -> None:
+    fresh = renewed_record(record)
+    ledger.update(
+        record.row_id, "request-changed", **{f: getattr(fresh, f) for f in _RENEWED_FIELDS}
+    )
 
 
 def rows_needing_work(runtime: Runtime) -> list[str]:
-    """Valid rows that are not finished; a finished row costs no API call and no task run."""
+    """Valid rows that are not finished; a finished row costs no API call and no task run.
+
+    Rows the ledger check holds are left out: their paid task belongs to another request.
+    """
     ledger_rows = runtime.ledger.all()
+    held = {c.row_id for c in ledger_conflicts(runtime.manifest, ledger_rows).held}
     pending: list[str] = []
     for row in runtime.manifest.valid_rows:
         assert row.request is not None
         record = ledger_rows.get(row.id)
+        if row.id in held:
+            continue
         if record is None:
             pending.append(row.id)
         elif record.state == State.DOWNLOADED:
@@ -96,7 +317,14 @@ def _video_intact(runtime: Runtime, row_id: str, rel: str | None, size: int | No
 async def open_run(
     options: RunOptions, *, manifest: Manifest | None = None
 ) -> AsyncIterator[tuple[str, Runtime]]:
-    manifest = manifest or read_manifest(options.manifest)
+    """Everything a run needs, in the order that keeps a refusal free: nothing is opened,
+    locked or sent before the manifest, the folder's layout and the key have been checked."""
+    manifest = manifest or read_manifest(options.manifest, assets=options.assets)
+    out = Path(options.out)
+    try:
+        require_layout(out, "plain")
+    except LayoutMismatch as exc:
+        raise RunRefused(str(exc)) from None
     api_key = resolve_api_key()
     if not api_key:
         raise RunRefused(
@@ -104,17 +332,25 @@ async def open_run(
             "'apimart-api-key' (or run against the sandbox with --sandbox)"
         )
     install_redaction(api_key)
-    out = Path(options.out)
+    try:
+        api_key = check_api_key(api_key)
+    except AuthenticationError as exc:
+        # Raised before any folder is locked or ledger opened; the message names the rule,
+        # never the key.
+        raise RunRefused(f"{exc}. Nothing was sent.") from None
     with open_ledger(out) as ledger:
-        conflicts = ledger_conflicts(manifest, ledger)
-        if conflicts:
-            shown = "; ".join(conflicts[:10]) + (" ..." if len(conflicts) > 10 else "")
-            raise ManifestConflict(
-                f"{out} was run with another version of this manifest ({len(conflicts)} rows "
-                f"differ: {shown}). Nothing was sent. Use a new --out folder for a changed "
-                "manifest, or restore those rows."
-            )
+        check = ledger_conflicts(manifest, ledger.all())
+        refusal = check.refusal(out)
+        if refusal:
+            raise ManifestConflict(refusal)
+        if check.held:
+            run_logger().error("%s", check.held_report())
+        records = ledger.all()
+        for row_id in check.renewed:
+            _renew(ledger, records[row_id])
         ledger.set_meta("manifest", str(manifest.path))
+        # `videobatch results` re-reads the manifest: with other assets its rows would differ.
+        ledger.set_meta("assets", str(Path(options.assets).resolve()) if options.assets else "")
         for row in manifest.valid_rows:
             ledger.ensure(row.id, row.index)
         client = AsyncAPIMartClient(base_url=options.base_url, api_key=api_key)
@@ -135,7 +371,14 @@ async def open_run(
 
 def finish_run(runtime: Runtime) -> pa.Table:
     """Write results.parquet and results.csv from the ledger; return the table."""
-    table = build_results(runtime.manifest, runtime.ledger.all(), prices=runtime.options.prices)
+    records = runtime.ledger.all()
+    check = ledger_conflicts(runtime.manifest, records)
+    table = build_results(
+        runtime.manifest,
+        records_for_results(check, records),
+        prices=runtime.options.prices,
+        held=check.held_messages,
+    )
     parquet, csv = write_results(table, runtime.out)
     run_logger().info("results written to %s and %s", parquet, csv)
     return table

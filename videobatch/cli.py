@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from videobatch import console, ops
+
+if TYPE_CHECKING:
+    from tasks.options import RunOptions
 
 app = typer.Typer(
     name="videobatch",
@@ -40,12 +43,22 @@ Manifest = Annotated[
     Path, typer.Argument(help="Manifest file: .csv, .parquet or .jsonl.", show_default=False)
 ]
 Out = Annotated[Path, typer.Option("--out", "-o", envvar=_env("out"), help="Output folder.")]
+Assets = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=_env("assets"),
+        help="Folder local image paths may come from, besides the manifest's own folder.",
+        show_default=False,
+    ),
+]
 
 
 @app.command(epilog=_example("videobatch run data/manifests/demo.csv --out out/demo --max-cost 5"))
 def run(
+    ctx: typer.Context,
     manifest: Manifest,
     out: Out = Path("out"),
+    assets: Assets = None,
     concurrency: Annotated[
         int, typer.Option(envvar=_env("concurrency"), min=1, help="Most jobs in flight.")
     ] = 8,
@@ -93,11 +106,9 @@ def run(
     Rows already submitted are polled, not paid again; rows whose POST outcome is unknown are
     held until you pass --resubmit-unknown.
     """
-    from tasks.options import RunOptions
-
-    options: dict[str, Any] = {
-        "manifest": str(manifest),
+    given = {
         "out": str(out),
+        "assets": str(assets) if assets is not None else None,
         "concurrency": concurrency,
         "submit_rate": submit_rate,
         "max_cost": max_cost,
@@ -109,17 +120,36 @@ def run(
         "poll_timeout": poll_timeout,
         "report": report,
     }
+    options = _run_options(ctx, str(manifest), given)
     if dry_run:
-        raise typer.Exit(console.dry_run(RunOptions(**options)))
-    raise typer.Exit(console.run(RunOptions(**options), sandbox=sandbox))
+        raise typer.Exit(console.dry_run(options))
+    raise typer.Exit(console.run(options, sandbox=sandbox))
+
+
+def _run_options(ctx: typer.Context, manifest: str, values: dict[str, Any]) -> RunOptions:
+    """RunOptions holding only what the user gave (a flag or its VIDEOBATCH_ variable).
+
+    The rest take the model's defaults but stay out of `model_fields_set`, so code that
+    adapts unset options (the sandbox's polling pace) never overrides a value the user chose,
+    even one equal to the default.
+    """
+    from tasks.options import RunOptions
+
+    given = {}
+    for name, value in values.items():
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name != "DEFAULT":
+            given[name] = value
+    return RunOptions(manifest=manifest, **given)
 
 
 @app.command(epilog=_example("videobatch validate data/manifests/invalid.csv"))
-def validate(manifest: Manifest) -> None:
+def validate(manifest: Manifest, assets: Assets = None) -> None:
     """Check every row of a manifest and estimate cost and time; nothing is sent."""
     from tasks.options import RunOptions
 
-    raise typer.Exit(console.dry_run(RunOptions(manifest=str(manifest))))
+    folder = str(assets) if assets is not None else None
+    raise typer.Exit(console.dry_run(RunOptions(manifest=str(manifest), assets=folder)))
 
 
 @app.command(epilog=_example("videobatch status out/demo"))

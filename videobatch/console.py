@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -47,11 +47,11 @@ _DONE_STATES = (
 )
 
 
-def _manifest_or_exit(path: str) -> Manifest | None:
+def _manifest_or_exit(path: str, assets: str | None) -> Manifest | None:
     from tasks.manifest import ManifestError, read_manifest
 
     try:
-        return read_manifest(path)
+        return read_manifest(path, assets=assets)
     except ManifestError as exc:
         err.print(f"[bold red]cannot read the manifest:[/] {exc}")
         return None
@@ -60,7 +60,7 @@ def _manifest_or_exit(path: str) -> Manifest | None:
 def dry_run(options: RunOptions) -> int:
     from tasks.run import estimate_run
 
-    manifest = _manifest_or_exit(options.manifest)
+    manifest = _manifest_or_exit(options.manifest, options.assets)
     if manifest is None:
         return EXIT_STOPPED
     for row in manifest.invalid_rows:
@@ -110,10 +110,11 @@ def _sandbox_if_needed(options: RunOptions, forced: bool) -> Iterator[tuple[RunO
         previous = os.environ.get("APIMART_API_KEY")
         os.environ["APIMART_API_KEY"] = config.api_key
         # The API's 8 s polling pace would make the emulator's fast tasks wait: poll every
-        # second instead, unless the user chose a pace (a flag or VIDEOBATCH_POLL_*).
+        # second instead, unless the user chose a pace (a flag or VIDEOBATCH_POLL_*), even
+        # one equal to the default: "not set" is told from "set to 8" by the fields set.
         update: dict[str, object] = {"base_url": sandbox.url}
         for name in ("poll_initial_delay", "poll_interval"):
-            if getattr(options, name) == RunOptions.model_fields[name].default:
+            if name not in options.model_fields_set:
                 update[name] = SANDBOX_POLL_S
         try:
             yield options.model_copy(update=update), True
@@ -184,8 +185,14 @@ def run(options: RunOptions, *, sandbox: bool) -> int:
     from tasks.ledger import LedgerLocked
     from tasks.run import RunRefused
 
-    manifest = _manifest_or_exit(options.manifest)
+    manifest = _manifest_or_exit(options.manifest, options.assets)
     if manifest is None:
+        return EXIT_STOPPED
+    refusal = _refusal_before_start(options, manifest, sandbox=sandbox)
+    if refusal:
+        # The flow refuses too (for deployment runs); said here, it is said before Prefect
+        # starts, in one line and without a traceback.
+        err.print(f"[bold red]not started:[/] {refusal}", highlight=False)
         return EXIT_STOPPED
     for row in manifest.invalid_rows:
         err.print(f"[red]invalid, not sent:[/] {row.message}", highlight=False)
@@ -221,13 +228,72 @@ def run(options: RunOptions, *, sandbox: bool) -> int:
         return EXIT_INTERRUPTED
     _print_statuses(outcome["statuses"], title=f"videobatch {effective.out}")
     out_console.print(f"results: {effective.out}/results.parquet and results.csv")
+    held = outcome.get("held") or []
+    if held:
+        err.print(
+            f"[bold red]{len(held)} rows held[/] (not sent, not relabelled: their paid task was "
+            "made from another version of the row; status `conflict` in the results):",
+            highlight=False,
+        )
+        for message in held:
+            err.print(f"  held: {message}", highlight=False)
+        err.print(
+            "Nothing is paid twice: give a changed row a new id (it is then sent as a new row), "
+            "or restore it (its task is then polled and downloaded).",
+            highlight=False,
+        )
     if emulated:
         # Also on stdout: whoever reads only the results must not take them for real videos.
         out_console.print(
             f"[bold yellow]SANDBOX run: these videos come from the offline emulator. "
             f"{SANDBOX_NOTICE}[/]"
         )
+    if held:
+        return EXIT_INCOMPLETE
     return EXIT_OK if outcome["completed"] == outcome["rows"] else EXIT_INCOMPLETE
+
+
+def _refusal_before_start(options: RunOptions, manifest: Manifest, *, sandbox: bool) -> str | None:
+    """What the flow would refuse the run for, checked without starting Prefect: the folder's
+    layout, a key that cannot be sent, a folder that belongs to another manifest."""
+    from apimart.client import check_api_key
+    from apimart.errors import AuthenticationError
+
+    out = Path(options.out)
+    refusal = _layout_refusal(out, "plain")
+    if refusal:
+        return refusal
+    key = os.environ.get("APIMART_API_KEY")
+    if key and not sandbox:
+        try:
+            check_api_key(key)
+        except AuthenticationError as exc:
+            return f"{exc}. Nothing was sent."
+    from tasks.ledger import LEDGER_FILE, Ledger
+    from tasks.run import ledger_conflicts
+
+    if not (out / LEDGER_FILE).exists():
+        return None
+    try:
+        with Ledger(out, readonly=True) as ledger:
+            records = ledger.all()
+    except Exception:
+        return None  # the run itself opens the ledger and says what is wrong with it
+    return ledger_conflicts(manifest, records).refusal(out)
+
+
+def _layout_refusal(out: Path, want: Literal["plain", "sharded"] | None) -> str | None:
+    """Why OUT cannot be used as `want` (None: as whatever it holds), or None when it can."""
+    from tasks.layout import LayoutMismatch, folder_layout, require_layout
+
+    try:
+        if want is None:
+            folder_layout(out)
+        else:
+            require_layout(out, want)
+    except LayoutMismatch as exc:
+        return str(exc)
+    return None
 
 
 def _results_after_interrupt(options: RunOptions, manifest: Manifest) -> int | None:
@@ -235,11 +301,20 @@ def _results_after_interrupt(options: RunOptions, manifest: Manifest) -> int | N
     how many rows were mid-POST (None when there was nothing to write from)."""
     from tasks.ledger import DOUBTFUL, Ledger
     from tasks.results import build_results, write_results
+    from tasks.run import ledger_conflicts, records_for_results
 
     try:
         with Ledger(options.out, readonly=True) as ledger:
             records = ledger.all()
-        table = build_results(manifest, records, prices=options.prices)
+        check = ledger_conflicts(manifest, records)
+        if check.refusal(options.out):
+            return None  # the folder belongs to another manifest: leave its results alone
+        table = build_results(
+            manifest,
+            records_for_results(check, records),
+            prices=options.prices,
+            held=check.held_messages,
+        )
         write_results(table, Path(options.out))
     except Exception:
         return None
@@ -256,11 +331,10 @@ def _print_statuses(statuses: dict[str, int], *, title: str) -> None:
 
 
 def _is_sharded(out: Path) -> bool:
-    """OUT holds a sharded run's plan and no ledger of its own."""
-    from tasks.ledger import LEDGER_FILE
-    from tasks.shards import PLAN_FILE
+    """OUT holds a sharded run (callers have already refused a folder holding both)."""
+    from tasks.layout import folder_layout
 
-    return not (out / LEDGER_FILE).exists() and (out / PLAN_FILE).exists()
+    return folder_layout(out) == "sharded"
 
 
 def _ledger_folders(out: Path) -> list[Path]:
@@ -278,6 +352,10 @@ def status(out: Path) -> int:
 
     from tasks.ledger import DOUBTFUL, LOCK_FILE, Ledger
 
+    refusal = _layout_refusal(out, None)
+    if refusal:
+        err.print(f"[bold red]cannot read {out}:[/] {refusal}", highlight=False)
+        return EXIT_STOPPED
     counts: Counter[str] = Counter()
     spent = at_risk = 0.0
     unknown = 0
@@ -308,7 +386,12 @@ def status(out: Path) -> int:
 def rebuild_results(out: Path, manifest_path: Path | None) -> int:
     from tasks.ledger import Ledger
     from tasks.results import build_results, write_results
+    from tasks.run import ledger_conflicts, records_for_results
 
+    refusal = _layout_refusal(out, None)
+    if refusal:
+        err.print(f"[bold red]cannot read {out}:[/] {refusal}", highlight=False)
+        return EXIT_STOPPED
     if _is_sharded(out):
         from tasks.shards import merge_shards, saved_plan
 
@@ -327,10 +410,30 @@ def rebuild_results(out: Path, manifest_path: Path | None) -> int:
         if not path:
             err.print("the ledger does not name its manifest: pass --manifest")
             return EXIT_STOPPED
-        manifest = _manifest_or_exit(path)
+        manifest = _manifest_or_exit(path, ledger.meta("assets") or None)
         if manifest is None:
             return EXIT_STOPPED
-        table = build_results(manifest, ledger.all())
+        records = ledger.all()
+    # The same check as `run`: a row whose paid task was made from another version of it
+    # would be labelled with a prompt its video was not made from.
+    check = ledger_conflicts(manifest, records)
+    if check.held or check.moved:
+        conflicts = [*check.moved, *check.held]
+        err.print(
+            f"[bold red]results not rebuilt:[/] {len(conflicts)} rows of {out} have a paid "
+            f"task made from another version of the row in {manifest.path}; their videos "
+            "would be labelled with a request they were not made from. Nothing was written.",
+            highlight=False,
+        )
+        for conflict in conflicts:
+            err.print(f"  {conflict.message}", highlight=False)
+        err.print(
+            "Restore those rows (or pass --manifest with the manifest that was run); a run "
+            "of the changed manifest holds them and marks them `conflict` in its results.",
+            highlight=False,
+        )
+        return EXIT_STOPPED
+    table = build_results(manifest, records_for_results(check, records))
     parquet, csv = write_results(table, out)
     out_console.print(f"wrote {parquet} and {csv} ({table.num_rows} rows)")
     return EXIT_OK
@@ -339,6 +442,10 @@ def rebuild_results(out: Path, manifest_path: Path | None) -> int:
 def report(out: Path) -> int:
     from tasks.report import write_report
 
+    refusal = _layout_refusal(out, None)
+    if refusal:
+        err.print(f"[bold red]cannot read {out}:[/] {refusal}", highlight=False)
+        return EXIT_STOPPED
     if not (out / "results.parquet").exists():
         err.print(f"no results in {out}: run `videobatch results {out}` first")
         return EXIT_STOPPED

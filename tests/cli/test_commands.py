@@ -130,6 +130,7 @@ def test_status_while_a_run_is_going_and_after(cli: Cli, make_sandbox: MakeSandb
 # A value unlike the default for every option of `run`, as text and as parsed.
 ENV_VALUES: dict[str, tuple[str, Any]] = {
     "out": ("env/out", "env/out"),
+    "assets": ("env/assets", "env/assets"),
     "concurrency": ("5", 5),
     "submit_rate": ("7.5", 7.5),
     "max_cost": ("3.25", 3.25),

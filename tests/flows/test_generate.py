@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +303,8 @@ async def test_canary_key_reaches_no_file_log_or_artifact(
 async def test_a_changed_manifest_is_refused_before_anything_is_sent(
     make_sandbox: MakeSandbox, tmp_path: Path
 ) -> None:
+    """Rows renamed by an insertion are refused whole (they would pay twice); a paid row
+    dropped from the manifest is held and named while the rest resumes, sending nothing."""
     from tasks.run import ManifestConflict
 
     sb = make_sandbox()
@@ -313,10 +316,13 @@ async def test_a_changed_manifest_is_refused_before_anything_is_sent(
     before = sb.state.counters.snapshot()
 
     write_manifest(tmp_path / "m.csv", [{"prompt": "gamma desert", "duration": 4}, *first])
-    with pytest.raises(ManifestConflict, match="row-00001: the row changed"):
+    with pytest.raises(ManifestConflict, match="row-00001: the row changed") as refused:
         await generate_videos(options=fast_options(manifest, out, sb.url))
+    assert "row-00003: asks for exactly what row-00002 was sent as" in str(refused.value)
     assert sb.state.counters.snapshot() == before  # nothing sent, nothing paid twice
 
     write_manifest(tmp_path / "m.csv", first[:1])  # a paid row dropped from the manifest
-    with pytest.raises(ManifestConflict, match=r"row-00002: has task .* not in the manifest"):
-        await generate_videos(options=fast_options(manifest, out, sb.url))
+    outcome = await generate_videos(options=fast_options(manifest, out, sb.url))
+    (held,) = outcome["held"]
+    assert re.match(r"row-00002: has task \S+, downloaded in this folder but is not in", held)
+    assert sb.state.counters.snapshot() == before

@@ -146,7 +146,8 @@ def test_every_ledger_state_maps_to_its_status(ledger: Ledger, state: str, statu
 def test_every_ledger_state_is_mapped_and_every_status_is_listed() -> None:
     states = {v for k, v in vars(State).items() if k.isupper()}
     assert states == {state for state, _ in STATE_TO_STATUS}
-    assert {status for _, status in STATE_TO_STATUS} | {"invalid"} == set(RESULT_STATUSES)
+    listed = {status for _, status in STATE_TO_STATUS} | {"invalid", "conflict"}
+    assert listed == set(RESULT_STATUSES)
 
 
 def test_no_record_is_not_submitted() -> None:
@@ -293,6 +294,26 @@ def test_invalid_row_keeps_money_already_spent_on_it(ledger: Ledger) -> None:
     assert row["status"] == "invalid"
     assert row["error_code"] == "invalid_row"
     assert row["cost"] == 0.14 and row["task_id"] == "task-bad"
+
+
+def test_a_held_row_keeps_its_money_but_shows_no_video_under_the_new_request(
+    ledger: Ledger,
+) -> None:
+    """A held row reads `conflict`: its task and cost stay, its old video's facts do not."""
+    downloaded(ledger, "changed")
+    downloaded(ledger, "same", idx=1)
+    manifest = manifest_of(
+        valid_row(0, "changed", prompt="a new prompt"), valid_row(1, "same", prompt="kept")
+    )
+    table = build_results(manifest, ledger.all(), held={"changed": "changed: held, because"})
+    changed, same = table.to_pylist()
+    assert changed["status"] == "conflict" and changed["prompt"] == "a new prompt"
+    assert changed["error_code"] == "manifest_conflict"
+    assert changed["error_message"] == "changed: held, because"
+    assert (changed["task_id"], changed["cost"], changed["attempt"]) == ("task-changed", 0.14, 1)
+    for column in ("video_path", "video_sha256", "video_bytes", "completed_at", "total_s"):
+        assert changed[column] is None, column
+    assert same["status"] == "completed" and same["video_path"] == "videos/same.mp4"
 
 
 def test_rows_never_sent_are_estimated_at_the_given_prices(ledger: Ledger) -> None:
