@@ -2,7 +2,9 @@
 
 Every command runs as a real subprocess (`python -m videobatch.cli`), against the session's
 Prefect API and an in-process sandbox, with its output captured to files. Every finished
-command is checked for the canary API keys in its stdout and stderr, so no test can forget it.
+command is checked for the canary API keys, in every form a key can take in text, in its
+stdout and stderr, so no test can forget it. Every command logs at DEBUG to the Prefect API
+(the console stays at WARNING), so a key leaked by a debug record is caught there too.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import av
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from apimart.redact import secret_forms
 from apimart.sandbox import Faults, RunningSandbox, SandboxConfig, run_in_thread
 from tasks.ledger import Ledger, RowRecord
 
@@ -39,7 +42,9 @@ INVALID = DATA / "manifests" / "invalid.csv"
 # The sandbox accepts CANARY_KEY; WRONG_KEY is refused (401). Neither may ever be written down.
 CANARY_KEY = "sk-CANARY-cli-4e1f0b9d27c3a6"
 WRONG_KEY = "sk-CANARY-cli-wrong-8a6c5d3e1f"
-CANARIES = (CANARY_KEY, WRONG_KEY)
+# What the greps look for: each key in every form it can take in text (raw, repr, JSON,
+# percent-encoded, base64 of the key and of `Bearer <key>`), not only as itself.
+CANARIES = tuple(form for key in (CANARY_KEY, WRONG_KEY) for form in secret_forms(key))
 
 CLI = (sys.executable, "-m", "videobatch.cli")
 # Fast polling for every run, through the environment (itself a feature under test).
@@ -146,9 +151,10 @@ class Done:
 
 def assert_no_canary_text(text: str, where: str) -> None:
     for canary in CANARIES:
-        assert canary not in text, f"the API key leaked into {where}"
+        assert canary not in text, f"the API key leaked into {where} (as {canary!r})"
+    for key in (CANARY_KEY, WRONG_KEY):
         # The key's distinctive tail too, in case something printed a cut-down key.
-        assert canary[-12:] not in text, f"part of the API key leaked into {where}"
+        assert key[-12:] not in text, f"part of the API key leaked into {where}"
 
 
 class Running:
@@ -282,8 +288,20 @@ def base_env(prefect_api: str, prefect_home: Path) -> dict[str, str]:
         PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
         **FAST_ENV,
+        **DEBUG_LOGGING_ENV,
     )
     return env
+
+
+# Every record at DEBUG, ours (apimart, videobatch) included, reaches the Prefect API, which
+# `prefect_texts` reads back; the console keeps WARNING, so the command's output is unchanged.
+DEBUG_LOGGING_ENV = {
+    "PREFECT_LOGGING_LEVEL": "DEBUG",
+    "PREFECT_LOGGING_ROOT_LEVEL": "DEBUG",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "apimart,videobatch",
+    # Our loggers also log outside runs (the CLI's own steps): no warning about it on stderr.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+}
 
 
 def free_port() -> int:
