@@ -22,6 +22,7 @@ from apimart.errors import (
     ConnectError,
     EndpointNotFound,
     PaymentRequiredError,
+    PermissionDeniedError,
     RateLimitError,
     SubmitOutcomeUnknown,
 )
@@ -291,9 +292,19 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
             gate.connected(False)
             log.error("row %s: API unreachable, row not sent: %s", row_id, exc)
             return not_sent(State.PENDING, "not-sent", error_code="connect", error_message=str(exc))
-        except AuthenticationError as exc:  # 401, and 403 (PermissionDeniedError) where mapped
+        except PermissionDeniedError as exc:
+            # A proxy or WAF answers 403 whatever the row holds: no verdict on the row.
+            not_sent(
+                State.PENDING, "not-sent", error_code="permission_denied", error_message=str(exc)
+            )
+            gate.stop(
+                f"permission denied (403): {exc}; check the key's access, or what stands "
+                "between this machine and the API"
+            )
+            raise
+        except AuthenticationError as exc:
             not_sent(State.PENDING, "not-sent", error_code="authentication", error_message=str(exc))
-            gate.stop(f"authentication failed ({exc}): check the API key")
+            gate.stop(f"authentication failed (401): check the API key ({exc})")
             raise
         except EndpointNotFound as exc:
             # Every row would get the same answer, and none of them created anything.

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import http.server
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 
 from apimart import retry
+from apimart.errors import PermissionDeniedError
 from apimart.sandbox import FaultRule, Faults, RunningSandbox, SandboxConfig, run_in_thread
 from tasks.download import download_task
 from tasks.gate import MAX_PAUSE_S, RunStopped, SubmitGate
@@ -244,6 +247,55 @@ async def test_a_post_to_a_route_that_does_not_exist_stops_the_run(tmp_path: Pat
             for row_id in ("r0", "r1", "r2"):
                 assert await submit_task.fn(key, row_id) == State.SUBMITTED
         assert set(counters(sb)["tasks_created_by_prompt"].values()) == {1}
+
+
+@contextmanager
+def refusing_gateway() -> Iterator[tuple[str, list[str]]]:
+    """An HTTP server standing in for a WAF in front of the API: 403 to every request."""
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            seen.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"error": {"type": "forbidden", "message": "blocked by policy"}}'
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_403_stops_the_run_as_permission_denied_with_rows_never_sent(
+    tmp_path: Path,
+) -> None:
+    """403 on the POST stops the run saying 403 (not 401); the row stays never-sent."""
+    with sandbox() as sb, refusing_gateway() as (url, seen):
+        async with a_run(tmp_path, sb, ["one", "two"], base_url=url) as (key, rt):
+            with pytest.raises(PermissionDeniedError):
+                await submit_task.fn(key, "r0")
+            assert rt.gate.stop_reason is not None and "403" in rt.gate.stop_reason
+            assert "401" not in rt.gate.stop_reason
+            with pytest.raises(RunStopped):
+                await submit_task.fn(key, "r1")
+            assert record(rt, "r0").state == State.PENDING
+            assert record(rt, "r0").error_code == "permission_denied"
+            assert rt.budget.committed == 0
+        assert seen == ["/v1/videos/generations"]
 
 
 # --- item 12: a Retry-After longer than a run waits, and recovery after a 429 --------------
