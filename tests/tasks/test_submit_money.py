@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import http.server
+import json
 import sqlite3
 import threading
 import time
@@ -87,6 +88,40 @@ def record(rt: Runtime, row_id: str) -> Any:
     return found
 
 
+@contextmanager
+def refusing_gateway(
+    status: int = 403, kind: str = "forbidden", message: str = "blocked by policy"
+) -> Iterator[tuple[str, list[str]]]:
+    """An HTTP server standing in for what cannot run here (a WAF, the vendor's own refusal):
+    it answers every POST with `status` and an error body of the vendor's shape."""
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            seen.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.dumps({"error": {"type": kind, "message": message}}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # --- item 4: a resend of a doubtful row under --max-cost ---------------------------------
 
 
@@ -158,6 +193,27 @@ async def test_a_resend_that_never_got_through_leaves_one_post_counted(tmp_path:
             assert rt.ledger.committed_cost() == pytest.approx(ESTIMATE)
             assert rt.budget.committed == pytest.approx(ESTIMATE)
         assert counters(sb)["submit_requests"] == 2
+
+
+async def test_only_a_plain_400_to_the_resend_settles_the_doubt(tmp_path: Path) -> None:
+    """A plain 400 to the same body clears both POSTs' money; a 409 keeps the first counted."""
+    with sandbox() as sb:
+        await _doubtful_row(tmp_path, sb)
+        with refusing_gateway(409, "conflict", "idempotency key in use") as (url, _):
+            async with a_run(
+                tmp_path, sb, ["a doubtful clip"], resubmit_unknown=True, base_url=url
+            ) as (key, rt):
+                assert await submit_task.fn(key, "r0") == State.UNKNOWN
+                assert rt.ledger.committed_cost() == pytest.approx(ESTIMATE)
+                assert rt.budget.committed == pytest.approx(ESTIMATE)
+        with refusing_gateway(400, "invalid_request_error", "bad prompt") as (url, _):
+            async with a_run(
+                tmp_path, sb, ["a doubtful clip"], resubmit_unknown=True, base_url=url
+            ) as (key, rt):
+                assert await submit_task.fn(key, "r0") == State.REJECTED
+                assert not record(rt, "r0").earlier_posts_cost
+                assert rt.ledger.committed_cost() == 0
+                assert rt.budget.committed == pytest.approx(0)
 
 
 # --- item 10: what the client raised, and what was raised after the task existed ----------
@@ -247,37 +303,6 @@ async def test_a_post_to_a_route_that_does_not_exist_stops_the_run(tmp_path: Pat
             for row_id in ("r0", "r1", "r2"):
                 assert await submit_task.fn(key, row_id) == State.SUBMITTED
         assert set(counters(sb)["tasks_created_by_prompt"].values()) == {1}
-
-
-@contextmanager
-def refusing_gateway() -> Iterator[tuple[str, list[str]]]:
-    """An HTTP server standing in for a WAF in front of the API: 403 to every request."""
-    seen: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            seen.append(self.path)
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = b'{"error": {"type": "forbidden", "message": "blocked by policy"}}'
-            self.send_response(403)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 async def test_a_403_stops_the_run_as_permission_denied_with_rows_never_sent(
