@@ -155,13 +155,13 @@ def retry_when(*kinds: type[BaseException]) -> Callable[[Any, Any, Any], bool]:
     """A Prefect `retry_condition_fn` that retries only the named exception types."""
 
     def condition(_task: Any, _run: Any, state: Any) -> bool:
+        # `State.result` dispatches to its coroutine twin when called from async code (every
+        # task here is async): unawaited, it raised nothing and no retry ever happened.
         try:
-            state.result()
-        except kinds:
-            return True
+            outcome = state.result(raise_on_failure=False, _sync=True)
         except Exception:
             return False
-        return False
+        return isinstance(outcome, kinds)
 
     return condition
 

@@ -118,6 +118,10 @@ async def download(
         log.info("sandbox: CDN redirected the download of %s", task.id)
         return RedirectResponse(target.replace("{path}", path), status_code=302)
 
+    if fires("download_5xx"):
+        log.info("sandbox: CDN answered 503 to the download of %s", task.id)
+        return cdn_error(503, "ServiceUnavailable", "Please reduce your request rate")
+
     if fires("download_html"):
         log.info("sandbox: CDN served an HTML page instead of the video of %s", task.id)
         return html_error_page()

@@ -81,6 +81,8 @@ class Faults:
     download_truncate: FaultRule = field(default_factory=_off)
     expired_urls: FaultRule = field(default_factory=_off)
     download_html: FaultRule = field(default_factory=_off)
+    # 503 from the CDN before any byte (per URL and attempt).
+    download_5xx: FaultRule = field(default_factory=_off)
     # Bytes that are not an MP4 at all, still labelled video/mp4 (per URL and attempt).
     download_garbage: FaultRule = field(default_factory=_off)
     # The video rendered at half the asked frame size and 4 s longer (keyed per task, drawn

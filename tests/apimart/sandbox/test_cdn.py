@@ -207,3 +207,11 @@ def test_cdn_clock_behind_hands_out_links_that_look_expired_here_but_work(api: A
     assert api.download(url).status_code == 200
     # Queried again, the CDN still deems its link valid and hands out the same one.
     assert api.video_url(api.get(data["id"]).json()["data"]) == url
+
+
+def test_cdn_5xx_fault_answers_503_then_serves(api: Api) -> None:
+    """`download_5xx` answers 503 (an object-store error body) as often as `times` says."""
+    api.sb.config.faults.download_5xx = FaultRule(rate=1, times=2)
+    url, _ = api.completed_url()
+    assert [api.download(url).status_code for _ in range(3)] == [503, 503, 200]
+    assert api.sb.state.stats()["faults_fired"] == {"download_5xx": 2}
