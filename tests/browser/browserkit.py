@@ -21,12 +21,34 @@ from typing import Any
 import httpx
 from playwright.sync_api import ViewportSize
 
+from apimart.redact import secret_forms
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "data" / "manifests" / "demo.csv"
 # One row of the demo fails on purpose, so the pages show a failure and a rate below 100 %.
 FAILING_ROW = "paper-boat"
 FAILING_PROMPT = "paper boat"
 API_KEY = "sk-CANARY-browser-51d0c7e2"
+# Every form the canary can take in text (raw, repr, JSON, percent-encoded, base64).
+CANARY_FORMS = tuple(secret_forms(API_KEY))
+# The run sends our loggers' DEBUG records to the Prefect API the pages show; the console (the
+# run's log file) keeps WARNING.
+DEBUG_LOGGING_ENV = {
+    "PREFECT_LOGGING_LEVEL": "DEBUG",
+    "PREFECT_LOGGING_ROOT_LEVEL": "DEBUG",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "apimart,videobatch",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+}
+
+
+def assert_no_canary_under(*paths: Path) -> None:
+    """No file at or under `paths` (the run's log, its output folder) holds the key."""
+    for root in paths:
+        for path in [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]:
+            data = path.read_bytes()
+            for form in CANARY_FORMS:
+                assert form.encode() not in data, f"the API key ({form!r}) is written in {path}"
+
 
 # Debian's Chromium (`.ci/system-deps` installs it); never a downloaded browser.
 CHROMIUM = os.environ.get("VIDEOBATCH_CHROMIUM", "/usr/bin/chromium")
@@ -187,7 +209,7 @@ def run_videobatch(
         VIDEOBATCH_POLL_INTERVAL="0.2",
         VIDEOBATCH_SUBMIT_RATE="100",
         VIDEOBATCH_CONCURRENCY="8",
-        **env,
+        **{**DEBUG_LOGGING_ENV, **env},
     )
     started = time.monotonic()
     with log.open("wb") as handle:
@@ -206,6 +228,8 @@ def run_videobatch(
             raise RuntimeError(f"videobatch run took over {RUN_TIMEOUT_S}s:\n{tail(log)}") from None
         finally:
             _stop(process, grace_s=5)
+    # Every run is checked, so no test can forget it (the pages are checked by the tests).
+    assert_no_canary_under(log, workdir / out_arg)
     return FinishedRun(
         server=server,
         out=(workdir / out_arg).resolve(),

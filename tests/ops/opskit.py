@@ -22,8 +22,31 @@ from typing import Any, TypeVar
 
 import httpx
 
+from apimart.redact import secret_forms
+
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "sk-CANARY-ops-5d1f0c2a9e"
+# Every form the canary can take in text; the sandbox alone is told the key (and prints it).
+CANARY_FORMS = tuple(secret_forms(API_KEY))
+KNOWS_THE_KEY = ("sandbox",)
+# Flow runs (started by the workers, with their environment) send our loggers' DEBUG records
+# to the Prefect API; Prefect's own loggers and every console keep their levels.
+DEBUG_LOGGING_ENV = {
+    "PREFECT_LOGGING_ROOT_LEVEL": "DEBUG",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "apimart,videobatch",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+}
+
+
+def canary_leaks(path: Path) -> list[str]:
+    """The forms of the canary key found in the file at `path` (none if there is no file)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return [form for form in CANARY_FORMS if form.encode() in data]
+
+
 T = TypeVar("T")
 
 
@@ -154,11 +177,18 @@ class Processes:
         return proc
 
     def stop_all(self) -> None:
+        """Stop every process, then check each one's log (the sandbox's aside) for the key."""
         # Workers first (two SIGINTs), then the sandbox, the server last.
         for proc in reversed(self.started):
             if proc.alive():
                 is_worker = proc.name.startswith("worker")
                 proc.stop(sigints=2 if is_worker else 1, grace=3.0 if is_worker else 10.0)
+        leaks = {
+            proc.log.name: found
+            for proc in self.started
+            if proc.name not in KNOWS_THE_KEY and (found := canary_leaks(proc.log))
+        }
+        assert not leaks, f"the API key leaked into process logs: {leaks}"
 
 
 def prefect_env(home: Path, api_url: str) -> dict[str, str]:
@@ -313,7 +343,7 @@ class Stack:
             prefect(
                 "worker", "start", "--pool", "videobatch", "--name", name, "--limit", WORKER_LIMIT
             ),
-            self.env,
+            {**self.env, **DEBUG_LOGGING_ENV},
         )
         self.workers[name] = proc
         return proc
