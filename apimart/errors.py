@@ -7,7 +7,7 @@
     │                                 left this machine, and every request would fail alike,
     │                                 so stop the run; never `unknown`
     ├── TransportError                the network failed (connect, read, write, timeout)
-    │   └── ConnectError              the request certainly never reached the server
+    │   └── ConnectError              the request certainly never reached the server whole
     │       └── RequestTimeoutError   408 (also an APIStatusError): the server gave up reading
     │                                 the request, so it created nothing; retried like a
     │                                 connect failure, and like one when the tries run out

@@ -29,13 +29,6 @@ API_KEY = "sk-CANARY-ops-5d1f0c2a9e"
 # Every form the canary can take in text; the sandbox alone is told the key (and prints it).
 CANARY_FORMS = tuple(secret_forms(API_KEY))
 KNOWS_THE_KEY = ("sandbox",)
-# Flow runs (started by the workers, with their environment) send our loggers' DEBUG records
-# to the Prefect API; Prefect's own loggers and every console keep their levels.
-DEBUG_LOGGING_ENV = {
-    "PREFECT_LOGGING_ROOT_LEVEL": "DEBUG",
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "apimart,videobatch",
-    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
-}
 
 
 def canary_leaks(path: Path) -> list[str]:
@@ -343,7 +336,7 @@ class Stack:
             prefect(
                 "worker", "start", "--pool", "videobatch", "--name", name, "--limit", WORKER_LIMIT
             ),
-            {**self.env, **DEBUG_LOGGING_ENV},
+            self.env,
         )
         self.workers[name] = proc
         return proc
