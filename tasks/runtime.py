@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from typing import Any
 from apimart import spec
 from apimart.client import AsyncAPIMartClient
 from apimart.models import Video
+from apimart.redact import install_redaction as install_redaction  # re-exported for the run
 from tasks.gate import Budget, SubmitGate
 from tasks.ledger import Ledger
 from tasks.manifest import Manifest, ManifestRow
@@ -112,43 +112,6 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return get_run_logger()
     except Exception:
         return _log
-
-
-class RedactingFilter(logging.Filter):
-    """Scrubs API keys and signed-URL queries from every record that passes a handler."""
-
-    _QUERY = re.compile(r"(https?://[^\s?#'\"]+)\?[^\s'\"]*")
-
-    def __init__(self, secrets: list[str] | None = None) -> None:
-        super().__init__()
-        self.secrets = [s for s in (secrets or []) if s]
-
-    def scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "<redacted>")
-        return self._QUERY.sub(r"\1?<redacted>", text)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = self.scrub(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
-
-
-def install_redaction(*secrets: str | None) -> RedactingFilter:
-    """Attach one redacting filter to every handler of the root and Prefect loggers.
-
-    httpx logs full request URLs at INFO, so its loggers are held at WARNING as well.
-    """
-    flt = RedactingFilter([s for s in secrets if s])
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs", "videobatch", "apimart"):
-        for handler in logging.getLogger(name).handlers:
-            handler.filters = [f for f in handler.filters if not isinstance(f, RedactingFilter)]
-            handler.addFilter(flt)
-    return flt
 
 
 def retry_when(*kinds: type[BaseException]) -> Callable[[Any, Any, Any], bool]:

@@ -25,6 +25,7 @@ from apimart.errors import (
     PermissionDeniedError,
     RateLimitError,
     SubmitOutcomeUnknown,
+    UnsendableRequest,
 )
 from apimart.models import SubmitResult, VideoRequest
 from tasks.ledger import DOUBTFUL, NEVER_SENT, RowRecord, State, request_hash
@@ -336,6 +337,13 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
                 error_code=exc.error_type or "bad_request",
                 error_message=str(exc),
             )
+        except UnsendableRequest as exc:
+            # h11 refused to put the request on the wire: every row would meet the same refusal.
+            not_sent(
+                State.PENDING, "not-sent", error_code="unsendable_request", error_message=str(exc)
+            )
+            gate.stop(f"the request cannot be sent: {exc}")
+            raise
         except Exception as exc:
             # The client's contract: whatever may have created a task is SubmitOutcomeUnknown,
             # and a created task that the ledger refused is TaskNotRecorded (both above). So
