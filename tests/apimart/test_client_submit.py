@@ -163,7 +163,7 @@ async def test_retry_after_is_really_waited(make_sandbox: MakeSandbox) -> None:
             elapsed = time.monotonic() - started
     finally:
         retry.set_waits(False)
-    assert 0.3 <= elapsed < 3.0
+    assert 0.3 <= elapsed < 30
     assert sb.state.counters.tasks_created == 1
 
 

@@ -176,13 +176,14 @@ async def test_a_link_that_only_looks_expired_here_is_downloaded(
 
 
 async def test_deadline_is_enforced(make_sandbox: MakeSandbox, tmp_path: Path) -> None:
-    sb = make_sandbox(Faults(trickle_bytes_per_s=20_000))
+    sb = make_sandbox(Faults(trickle_bytes_per_s=2_000))
     async with client_for(sb) as client:
         video = await finished_video(client)
         started = time.monotonic()
         with pytest.raises(DownloadError, match="deadline"):
             await client.download(video.url, tmp_path / "clip.mp4", deadline_s=0.5)
-        assert time.monotonic() - started < 3.0
+        # The whole video would take half a minute at this trickle.
+        assert time.monotonic() - started < 15
     assert leftovers(tmp_path) == []
 
 

@@ -50,13 +50,14 @@ def test_drop_after_create_creates_and_bills_the_task(api: Api) -> None:
 
 def test_late_answer_after_create_times_out_the_client(api: Api) -> None:
     api.sb.config.faults.submit_late_after_create = ALWAYS_ONCE
-    api.sb.config.faults.late_s = 2.0
+    api.sb.config.faults.late_s = 30.0
     started = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
         api.http.post(
             spec.SUBMIT_PATH, json=body(), headers={"Idempotency-Key": "row-late"}, timeout=0.3
         )
-    assert time.monotonic() - started < 1.5
+    # Far below the 30 s the answer takes: the client gave up, it did not wait.
+    assert time.monotonic() - started < 15
     assert api.sb.state.stats()["tasks_created_by_key"] == {"row-late": 1}
 
 
