@@ -100,6 +100,8 @@ class GroupRun:
                 start_new_session=True,
             )
         self.pgid = self.proc.pid
+        # Wall-clock time of the SIGKILL, to set beside the ledger's event times in a report.
+        self.killed_at: float | None = None
 
     def output(self) -> str:
         text = self.out_path.read_text(errors="replace") + self.err_path.read_text(errors="replace")
@@ -131,6 +133,7 @@ class GroupRun:
         return code
 
     def kill_group(self) -> None:
+        self.killed_at = self.killed_at or time.time()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pgid, signal.SIGKILL)
         self.proc.wait(timeout=30)
@@ -301,6 +304,12 @@ def check_invariants(
     return {r: rec.state for r, rec in rows.items()}
 
 
+def _clock(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return time.strftime("%H:%M:%S", time.localtime(epoch)) + f".{int(epoch % 1 * 1000):03d}"
+
+
 def _listing(folder: Path) -> list[Path]:
     return sorted(folder.iterdir()) if folder.is_dir() else []
 
@@ -379,9 +388,13 @@ def test_random_kill_9_of_the_process_group_never_pays_twice_nor_leaves_a_lie(
             output = run.output()
             # A run that ended before its kill must have ended as a run may.
             assert ended in (None, 0, 1), f"{kill}: exit {ended}\n{output[-4000:]}"
-            states = check_invariants(out, manifest, sb, books, str(kill))
+            when = f"{kill}, SIGKILL at {_clock(run.killed_at)}"
+            try:
+                states = check_invariants(out, manifest, sb, books, when)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\nkills before it:\n" + "\n".join(books.log)) from exc
             books.log.append(
-                f"{kill}: {'killed' if ended is None else f'exit {ended}'} at {seconds:.1f}s, "
+                f"{when}: {'killed' if ended is None else f'exit {ended}'} at {seconds:.1f}s, "
                 f"ledger {dict(sorted(Counter(states.values()).items()))}, "
                 f"{len(sandbox_tasks(sb))} tasks"
             )
