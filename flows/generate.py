@@ -68,7 +68,9 @@ async def generate_videos(options: RunOptions) -> dict[str, Any]:
         return await _estimate_only(options)
     async with open_run(options) as (key, runtime):
         log = run_logger()
-        rows = rows_needing_work(runtime)
+        # Computed once: rows it holds are never touched, so it holds all run long.
+        check = ledger_conflicts(runtime.manifest, runtime.ledger.all())
+        rows = rows_needing_work(runtime, check)
         log.info(
             "%d rows, %d valid, %d need work",
             len(runtime.manifest.rows),
@@ -89,8 +91,7 @@ async def generate_videos(options: RunOptions) -> dict[str, Any]:
             return state
 
         outcomes = await asyncio.gather(*(run_row(r) for r in rows), return_exceptions=True)
-        table = finish_run(runtime)
-        check = ledger_conflicts(runtime.manifest, runtime.ledger.all())
+        table = finish_run(runtime, check)
         report = write_report(runtime.out, table) if options.report else None
         markdown = await publish_results(
             table, key=artifact_key(options.out), title=f"videobatch {options.out}", report=report

@@ -76,21 +76,27 @@ class Conflict:
     kind: str
     task: str
     other: str | None = None
+    # The old task's video is on disk: nothing of it is left to fetch.
+    finished: bool = False
 
     @property
     def message(self) -> str:
-        fix = "give the changed row a new id, or restore it"
+        # A paid task still to be fetched needs its row as it was, or its video is lost.
+        keep = "" if self.finished else " (keep the old row as it was, so its paid task is fetched)"
         if self.kind == "changed":
-            return f"{self.row_id}: the row changed since it was sent ({self.task}); {fix}"
+            return (
+                f"{self.row_id}: the row changed since it was sent ({self.task}); "
+                f"give the changed row a new id{keep}, or restore it"
+            )
         if self.kind == "invalid":
             return (
                 f"{self.row_id}: has {self.task} but the manifest row is now invalid; "
-                "fix it back to what was sent, or give the new row a new id"
+                f"fix it back to what was sent, or give the new row a new id{keep}"
             )
         if self.kind == "vanished":
             return (
                 f"{self.row_id}: has {self.task} in this folder but is not in the manifest; "
-                "restore the row to have it polled and downloaded"
+                "restore the row so its paid task is polled and downloaded"
             )
         return (
             f"{self.row_id}: asks for exactly what {self.other} was sent as ({self.task}): "
@@ -110,12 +116,15 @@ class LedgerCheck:
     `moved`: rows that would be sent but ask for exactly what a held row's task was made from;
     sending them would pay twice for one video, so the run is refused.
     `matched`: rows with a paid or doubtful task that the manifest still asks for unchanged.
+    `gone`: rows no longer in the manifest whose paid video is already on disk; nothing is
+    left to do for them (this is what giving a changed row a new id leaves behind).
     """
 
     held: tuple[Conflict, ...] = ()
     renewed: tuple[str, ...] = ()
     moved: tuple[Conflict, ...] = ()
     matched: int = 0
+    gone: tuple[str, ...] = ()
 
     @property
     def held_messages(self) -> dict[str, str]:
@@ -136,11 +145,12 @@ class LedgerCheck:
                 "Nothing was sent. Restore the old row ids (e.g. add an id column with the "
                 "names the folder knows), or restore the manifest."
             )
-        if self.held and not self.matched:
-            shown = _listing(self.held)
+        if (self.held or self.gone) and not self.matched:
+            differ = len(self.held) + len(self.gone)
+            shown = _listing(self.held) if self.held else ", ".join(self.gone[:10])
             return (
                 f"{out} was run with another manifest: none of its paid rows is asked for "
-                f"unchanged ({len(self.held)} rows differ: {shown}). Nothing was sent. Restore "
+                f"unchanged ({differ} rows differ: {shown}). Nothing was sent. Restore "
                 "the manifest, or use a new --out folder for this one."
             )
         return None
@@ -171,6 +181,7 @@ def ledger_conflicts(manifest: Manifest, records: Mapping[str, RowRecord]) -> Le
         rows.setdefault(each.id, each)  # a duplicate id is the later, invalid copy
     held: list[Conflict] = []
     renewed: list[str] = []
+    gone: list[str] = []
     matched = 0
     for record in records.values():
         row = rows.get(record.row_id)
@@ -189,16 +200,26 @@ def ledger_conflicts(manifest: Manifest, records: Mapping[str, RowRecord]) -> Le
             if record.task_id
             else "a POST of unknown outcome"
         )
-        if row is None:
+        finished = record.state == State.DOWNLOADED
+        if row is None and finished:
+            gone.append(record.row_id)
+        elif row is None:
             held.append(Conflict(record.row_id, "vanished", task))
         elif row.request is None:
-            held.append(Conflict(record.row_id, "invalid", task))
+            held.append(Conflict(record.row_id, "invalid", task, finished=finished))
         elif changed:
-            held.append(Conflict(record.row_id, "changed", task))
+            held.append(Conflict(record.row_id, "changed", task, finished=finished))
         else:
             matched += 1
-    # What a held row's task was made from must not be bought again under another name.
+    # What a held or gone row's task was made from must not be bought again under another id.
     paid_for = {records[c.row_id].request_hash: c for c in held if records[c.row_id].request_hash}
+    for row_id in gone:
+        record = records[row_id]
+        if record.request_hash:
+            gone_task = f"task {record.task_id}, {record.state}"
+            paid_for.setdefault(
+                record.request_hash, Conflict(row_id, "vanished", gone_task, finished=True)
+            )
     moved: list[Conflict] = []
     held_ids = {c.row_id for c in held}
     for row in manifest.valid_rows:
@@ -209,7 +230,7 @@ def ledger_conflicts(manifest: Manifest, records: Mapping[str, RowRecord]) -> Le
         source = paid_for.get(request_hash(row.request))
         if source is not None and source.row_id != row.id:
             moved.append(Conflict(row.id, "moved", source.task, other=source.row_id))
-    return LedgerCheck(tuple(held), tuple(renewed), tuple(moved), matched)
+    return LedgerCheck(tuple(held), tuple(renewed), tuple(moved), matched, tuple(gone))
 
 
 def renewed_record(record: RowRecord) -> RowRecord:
@@ -282,13 +303,14 @@ def _renew(ledger: Ledger, record: RowRecord) -> None:
     )
 
 
-def rows_needing_work(runtime: Runtime) -> list[str]:
+def rows_needing_work(runtime: Runtime, check: LedgerCheck | None = None) -> list[str]:
     """Valid rows that are not finished; a finished row costs no API call and no task run.
 
     Rows the ledger check holds are left out: their paid task belongs to another request.
     """
     ledger_rows = runtime.ledger.all()
-    held = {c.row_id for c in ledger_conflicts(runtime.manifest, ledger_rows).held}
+    check = check or ledger_conflicts(runtime.manifest, ledger_rows)
+    held = {c.row_id for c in check.held}
     pending: list[str] = []
     for row in runtime.manifest.valid_rows:
         assert row.request is not None
@@ -369,10 +391,14 @@ async def open_run(
                 yield key, runtime
 
 
-def finish_run(runtime: Runtime) -> pa.Table:
-    """Write results.parquet and results.csv from the ledger; return the table."""
+def finish_run(runtime: Runtime, check: LedgerCheck | None = None) -> pa.Table:
+    """Write results.parquet and results.csv from the ledger; return the table.
+
+    `check` is the run's ledger check; what it holds cannot change while the run goes on
+    (held rows are never touched), so a run passes the one it began with.
+    """
     records = runtime.ledger.all()
-    check = ledger_conflicts(runtime.manifest, records)
+    check = check or ledger_conflicts(runtime.manifest, records)
     table = build_results(
         runtime.manifest,
         records_for_results(check, records),
