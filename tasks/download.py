@@ -1,6 +1,10 @@
 """Fetching and verifying one paid video: the step that must never lose what was bought.
 
-A video is done only when it is on disk, its hash recorded, and PyAV decodes it. A link that
+A video is done only when it is on disk, its hash recorded, and PyAV decodes it. It is fetched
+under a hidden name (`videos/.ID.mp4.verifying`), decoded, recorded in the ledger, and only then
+renamed to `videos/ID.mp4`: a `.mp4` in `videos/` is always one the ledger vouches for. A kill
+between the ledger write and the rename leaves the verified file under its hidden name, and the
+next run finishes the rename instead of fetching it again. A link that
 expired or is refused is renewed once by querying the task again; a video we still cannot fetch
 is reported loudly as `download_failed` with its task id, so it can be fetched later.
 
@@ -22,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from apimart.download import DownloadUnavailable
 from apimart.errors import DownloadError, LinkExpiredError
 from apimart.models import Video
+from tasks.atomic import replace_durably
 from tasks.ledger import State
 from tasks.poll import TRANSIENT
 from tasks.probe import VideoUnreadable, probe_video
@@ -42,13 +47,28 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def staging_path(dest: Path) -> Path:
+    """Where a video waits, hidden and not an .mp4, until the ledger has recorded it."""
+    return dest.with_name(f".{dest.name}.verifying")
+
+
 def already_verified(runtime: Runtime, row_id: str) -> bool:
-    """The row's video is on disk with the hash the ledger recorded: nothing to fetch."""
+    """The row's video is on disk with the hash the ledger recorded: nothing to fetch.
+
+    A verified video still under its hidden name (the run died between recording it and the
+    rename) is renamed now.
+    """
     record = runtime.ledger.get(row_id)
     if record is None or record.state != State.DOWNLOADED or not record.video_sha256:
         return False
     path = runtime.out / (record.video_path or video_relpath(row_id))
-    return path.is_file() and file_sha256(path) == record.video_sha256
+    if path.is_file():
+        return file_sha256(path) == record.video_sha256
+    staged = staging_path(path)
+    if staged.is_file() and file_sha256(staged) == record.video_sha256:
+        replace_durably(staged, path)
+        return True
+    return False
 
 
 async def _fresh_link(runtime: Runtime, row_id: str, task_id: str) -> Video | None:
@@ -99,7 +119,7 @@ async def _fetch_and_verify(runtime: Runtime, row_id: str, task_id: str, dest: P
             # one, and the CDN's refusal (LinkExpiredError) is what renews it.
             result = await runtime.client.download(
                 video.url,
-                dest,
+                staging_path(dest),
                 max_bytes=int(options.max_video_mb * 2**20),
                 deadline_s=options.download_timeout,
                 expires_at=video.expires_at,
@@ -124,13 +144,13 @@ def _verify(
 ) -> str:
     row = runtime.row(row_id)
     assert row.request is not None
-    kept = undecodable_path(dest)
+    kept, staged = undecodable_path(dest), staging_path(dest)
     try:
-        info = probe_video(dest)
+        info = probe_video(staged)
     except VideoUnreadable as exc:
         # Keep the bytes we paid for out of sight, so no .mp4 in videos/ is unverified and a
         # person can still look at them.
-        dest.replace(kept)
+        staged.replace(kept)
         return mark_download_failed(
             runtime,
             row_id,
@@ -154,6 +174,8 @@ def _verify(
         error_code="video_mismatch" if mismatch else None,
         error_message=mismatch,
     )
+    # Recorded first, renamed second: the visible name only ever holds a recorded video.
+    replace_durably(staged, dest)
     if mismatch:
         run_logger().warning("row %s: video differs from the request: %s", row_id, mismatch)
     return State.DOWNLOADED
