@@ -4,7 +4,7 @@ Keep the `httpx` logger at WARNING: at INFO it logs full request URLs, and a dow
 query string is its signature.
 """
 
-from apimart.client import APIMartClient, AsyncAPIMartClient
+from apimart.client import AsyncAPIMartClient
 from apimart.download import DownloadResult
 from apimart.errors import (
     APIMartError,
@@ -28,7 +28,6 @@ from apimart.models import SubmitResult, Task, TaskError, Video, VideoRequest
 from apimart.retry import RetryPolicy, no_waits, set_waits
 
 __all__ = [
-    "APIMartClient",
     "APIMartError",
     "APIStatusError",
     "AsyncAPIMartClient",

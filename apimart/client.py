@@ -1,8 +1,17 @@
-"""The APIMart client: `AsyncAPIMartClient`, and `APIMartClient` with the same behaviour, sync.
+"""The APIMart client, `AsyncAPIMartClient`: one `httpx.AsyncClient`, three calls.
 
-Both are thin shells. What a call sends, when it retries and how it reads the answer is
-written once, as I/O-free flows (`apimart.calls`, `apimart.download`), which each shell runs
-with its own httpx client (`apimart._io`).
+`submit` and `get_task` retry differently because they cost differently. Querying is free,
+so it retries every transient failure (network errors, 408, 429, 5xx). Submitting is paid, so
+it retries only what certainly created nothing (the connection could not be opened, a 408)
+and 429, within the `RetryPolicy`; every other doubtful outcome (a drop or timeout after the
+request left, a 5xx, an unreadable 2xx) becomes `SubmitOutcomeUnknown` with the idempotency
+key, for the caller to settle without paying twice. A 404/405 to the POST is
+`EndpointNotFound` and a 403 `PermissionDeniedError`: nothing was created. A request the HTTP
+layer refuses to send (h11's `LocalProtocolError`) never left whole: `UnsendableRequest`,
+never unknown. `download` is `apimart.download.download_video` (SSRF guard on every hop,
+Range resume, checks, hash, fsync, atomic rename).
+
+There is no blocking twin: every caller (the Prefect tasks) runs in an event loop.
 
 Secrets: the API key is never in a repr, message or log record of ours (in any of its forms,
 see `apimart.redact`), and signed download links appear only redacted. httpx itself logs every
@@ -12,25 +21,40 @@ WARNING in production (`apimart.redact.install_redaction` does).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+from collections.abc import Mapping
+from itertools import count
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Self
 
 import httpx
 
 from apimart import errors, spec
-from apimart._io import AsyncBackend, Flow, SyncBackend, T, drive, run_sync
-from apimart.calls import Secret, Settings, submit_flow, task_flow
+from apimart.calls import (
+    NEVER_SENT,
+    Secret,
+    check_idempotency_key,
+    describe,
+    parse_success,
+    retry_wait,
+    status_error,
+    task_path,
+    unsendable,
+)
 from apimart.download import (
     DEFAULT_DEADLINE_S,
     DEFAULT_MAX_BYTES,
     DownloadResult,
-    download_flow,
+    download_video,
     is_loopback_host,
 )
 from apimart.models import SubmitResult, Task, VideoRequest
 from apimart.retry import RetryPolicy
+
+log = logging.getLogger("apimart")
 
 ENV_BASE_URL = "APIMART_BASE_URL"
 ENV_API_KEY = "APIMART_API_KEY"
@@ -110,19 +134,16 @@ def _timeout(value: httpx.Timeout | float) -> httpx.Timeout:
     return value if isinstance(value, httpx.Timeout) else httpx.Timeout(float(value))
 
 
-TransportT = TypeVar("TransportT", httpx.BaseTransport, httpx.AsyncBaseTransport)
-
-
-class _ClientBase(Generic[TransportT]):
-    """Configuration shared by both faces.
+class AsyncAPIMartClient:
+    """Async client of the APIMart video API.
 
     Keyword-only: `base_url` (else env APIMART_BASE_URL, else the vendor's URL; https only,
     plain http only to a loopback host), `api_key` (else env APIMART_API_KEY; a missing key,
     or one that cannot be sent in a header (see `check_api_key`), raises AuthenticationError
-    here, at construction, before anything is planned),
-    `timeout` and `download_timeout` (an httpx.Timeout, or one number of seconds for every
-    phase), `retry`, `transport` (any httpx transport of the face's kind, for tests and
-    proxies) and `user_agent`.
+    here, at construction, before anything is planned), `timeout` and `download_timeout` (an
+    httpx.Timeout, or one number of seconds for every phase), `retry`, `transport` (any
+    httpx.AsyncBaseTransport: a proxy, or httpx.MockTransport / ASGITransport in tests) and
+    `user_agent`.
     """
 
     def __init__(
@@ -132,85 +153,166 @@ class _ClientBase(Generic[TransportT]):
         api_key: str | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
-        transport: TransportT | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
         download_timeout: httpx.Timeout | float = DEFAULT_DOWNLOAD_TIMEOUT,
         user_agent: str = DEFAULT_USER_AGENT,
     ) -> None:
-        self._settings = Settings(
-            base_url=_base_url(base_url),
-            api_key=_api_key(api_key),
-            timeout=_timeout(timeout),
-            download_timeout=_timeout(download_timeout),
-            retry=retry or RetryPolicy(),
-            user_agent=user_agent,
-        )
-        host = httpx.URL(self._settings.base_url).host
+        self._base_url = _base_url(base_url)
+        self._api_key = _api_key(api_key)
+        self._timeout = _timeout(timeout)
+        self._download_timeout = _timeout(download_timeout)
+        self._retry = retry or RetryPolicy()
+        self._user_agent = user_agent
         # Only a client aimed at this machine (the sandbox) may fetch plain-http loopback links.
-        self._allow_loopback_http = is_loopback_host(host)
-        self._connect(transport)
-
-    def _connect(self, transport: TransportT | None) -> None:
-        raise NotImplementedError
+        self._allow_loopback_http = is_loopback_host(httpx.URL(self._base_url).host)
+        self._http = httpx.AsyncClient(transport=transport, follow_redirects=False)
 
     @property
     def base_url(self) -> str:
-        return self._settings.base_url
+        return self._base_url
 
     @property
     def retry(self) -> RetryPolicy:
-        return self._settings.retry
+        return self._retry
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, api_key='********')"
 
-    def _submit(self, request: VideoRequest, idempotency_key: str) -> Flow[SubmitResult]:
-        if not isinstance(request, VideoRequest):
-            raise TypeError("request must be a VideoRequest (build it with VideoRequest.build)")
-        return submit_flow(self._settings, request, idempotency_key)
-
-    def _get_task(self, task_id: str, language: str | None) -> Flow[Task]:
-        return task_flow(self._settings, task_id, language)
-
-    def _download(
+    def _request(
         self,
-        url: str,
-        dest: Path,
-        max_bytes: int,
-        deadline_s: float,
-        expires_at: float | None,
-    ) -> Flow[DownloadResult]:
-        return download_flow(
-            self._settings,
-            url,
-            Path(dest),
-            max_bytes=max_bytes,
-            deadline_s=deadline_s,
-            expires_at=expires_at,
-            allow_loopback_http=self._allow_loopback_http,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Request:
+        # The key is added per API request, never as a client default, so no download
+        # (a third-party CDN host) can ever receive it.
+        all_headers = {
+            "Authorization": f"Bearer {self._api_key.reveal()}",
+            "Accept": "application/json",
+            "User-Agent": self._user_agent,
+            **(headers or {}),
+        }
+        return httpx.Request(
+            method,
+            self._base_url + path,
+            json=json,
+            params=params,
+            headers=all_headers,
+            extensions={"timeout": self._timeout.as_dict()},
         )
 
-
-class AsyncAPIMartClient(_ClientBase[httpx.AsyncBaseTransport]):
-    """Async client of the APIMart video API (configuration: see `_ClientBase`)."""
-
-    def _connect(self, transport: httpx.AsyncBaseTransport | None) -> None:
-        self._http = httpx.AsyncClient(transport=transport, follow_redirects=False)
-        self._backend = AsyncBackend(self._http)
-
-    async def _run(self, flow: Flow[T]) -> T:
-        return await drive(self._backend, flow)
+    async def _pause(
+        self, attempt: int, give_up: errors.APIMartError, cause: BaseException | None = None
+    ) -> None:
+        """Sleep before the next try, or raise `give_up` when no try is left."""
+        seconds = retry_wait(self._retry, attempt, give_up, cause)
+        if seconds > 0:
+            await asyncio.sleep(seconds)
 
     async def submit(self, request: VideoRequest, *, idempotency_key: str) -> SubmitResult:
-        """Ask for one video. Retries only what never reached the server, and 429s.
+        """Ask for one video. Retries only what never reached the server, 408s and 429s.
 
         Raises SubmitOutcomeUnknown when a task may have been created without our learning
         its id: never resend blindly; look for the task, or resend with the same key.
         """
-        return await self._run(self._submit(request, idempotency_key))
+        if not isinstance(request, VideoRequest):
+            raise TypeError("request must be a VideoRequest (build it with VideoRequest.build)")
+        key = check_idempotency_key(idempotency_key)
+        payload = request.to_payload()
+        where = errors.redact_url(self._base_url + spec.SUBMIT_PATH)
+
+        def unknown(cause: str) -> errors.SubmitOutcomeUnknown:
+            return errors.SubmitOutcomeUnknown(
+                f"POST {where}: the task may or may not exist", idempotency_key=key, cause=cause
+            )
+
+        for attempt in count(1):
+            log.debug("submit try %d (idempotency key %s)", attempt, key)
+            http_request = self._request(
+                "POST", spec.SUBMIT_PATH, json=payload, headers={"Idempotency-Key": key}
+            )
+            refused = False
+            try:
+                response = await self._http.send(http_request)
+            except httpx.LocalProtocolError:
+                refused = True
+            except NEVER_SENT as exc:
+                said = describe(exc, self._api_key)
+                failure = errors.ConnectError(f"POST {where}: could not connect ({said})")
+                await self._pause(attempt, failure, exc)
+                continue
+            except httpx.HTTPError as exc:
+                # Sent, perhaps whole: the server may have created the task and lost the answer.
+                raise unknown(describe(exc, self._api_key)) from exc
+            if refused:
+                # Raised outside the handler, so not even as context does h11's message (which
+                # quotes the header, key and all) travel with the error.
+                raise unsendable("POST", where)
+            status = response.status_code
+            if status in (408, 429):
+                # 408: the server never read the whole request, so it created nothing.
+                await self._pause(attempt, status_error(response))
+                continue
+            if 200 <= status < 300:
+                try:
+                    result = parse_success(response, SubmitResult.from_body)
+                except errors.ProtocolError as exc:
+                    raise unknown(describe(exc, self._api_key)) from exc
+                log.info("submitted task %s (idempotency key %s)", result.task_id, key)
+                return result
+            if status in (404, 405):
+                # No such route: nothing was created there, whatever the base URL was meant to be.
+                raise errors.EndpointNotFound(
+                    f"HTTP {status} from {where}: no such route, so nothing was created; "
+                    "check the base URL (it should not end in /v1)",
+                    status_code=status,
+                )
+            if 400 <= status < 500:
+                # A definite refusal: the API says it did not take the request.
+                errors.raise_for_response(response)
+            raise unknown(
+                describe(status_error(response), self._api_key)
+                if status >= 500
+                else f"HTTP {status}"
+            )
+        raise AssertionError("unreachable")
 
     async def get_task(self, task_id: str, *, language: str | None = None) -> Task:
         """The task's current state; transient failures are retried, 4xx raised at once."""
-        return await self._run(self._get_task(task_id, language))
+        path = task_path(task_id)
+        if language is not None and language not in spec.LANGUAGES:
+            raise errors.RequestValidationError(
+                {"language": f"must be one of {', '.join(spec.LANGUAGES)}, got {language!r}"}
+            )
+        params = {"language": language} if language else None
+        where = errors.redact_url(self._base_url + path)
+        for attempt in count(1):
+            log.debug("query %s try %d", where, attempt)
+            refused = False
+            try:
+                response = await self._http.send(self._request("GET", path, params=params))
+            except httpx.LocalProtocolError:
+                refused = True
+            except httpx.HTTPError as exc:
+                kind = errors.ConnectError if isinstance(exc, NEVER_SENT) else errors.TransportError
+                said = describe(exc, self._api_key)
+                await self._pause(attempt, kind(f"GET {where}: {said}"), exc)
+                continue
+            if refused:
+                raise unsendable("GET", where)
+            status = response.status_code
+            if status in (408, 429) or status >= 500:
+                await self._pause(attempt, status_error(response))
+                continue
+            if 200 <= status < 300:
+                return parse_success(response, Task.from_body)
+            if 400 <= status < 500:
+                errors.raise_for_response(response)
+            raise errors.ProtocolError(f"GET {where}: unexpected HTTP {status}")
+        raise AssertionError("unreachable")
 
     async def download(
         self,
@@ -221,8 +323,24 @@ class AsyncAPIMartClient(_ClientBase[httpx.AsyncBaseTransport]):
         deadline_s: float = DEFAULT_DEADLINE_S,
         expires_at: float | None = None,
     ) -> DownloadResult:
-        """Fetch a video to `dest` atomically, resuming interrupted transfers."""
-        return await self._run(self._download(url, dest, max_bytes, deadline_s, expires_at))
+        """Fetch a video to `dest` atomically, resuming interrupted transfers.
+
+        Raises LinkExpiredError on a 403/404/410 (a link past `expires_at` by this machine's
+        clock is still tried once: the CDN's clock decides), UnsafeDownloadURL for a link or
+        redirect to a non-public host, DownloadIntegrityError for a body that is not the video.
+        """
+        return await download_video(
+            self._http,
+            url,
+            Path(dest),
+            retry=self._retry,
+            timeout=self._download_timeout,
+            user_agent=self._user_agent,
+            max_bytes=max_bytes,
+            deadline_s=deadline_s,
+            expires_at=expires_at,
+            allow_loopback_http=self._allow_loopback_http,
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -237,40 +355,3 @@ class AsyncAPIMartClient(_ClientBase[httpx.AsyncBaseTransport]):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-class APIMartClient(_ClientBase[httpx.BaseTransport]):
-    """The same client, blocking; same configuration, same behaviour (see AsyncAPIMartClient)."""
-
-    def _connect(self, transport: httpx.BaseTransport | None) -> None:
-        self._http = httpx.Client(transport=transport, follow_redirects=False)
-        self._backend = SyncBackend(self._http)
-
-    def _run(self, flow: Flow[T]) -> T:
-        return run_sync(drive(self._backend, flow))
-
-    def submit(self, request: VideoRequest, *, idempotency_key: str) -> SubmitResult:
-        return self._run(self._submit(request, idempotency_key))
-
-    def get_task(self, task_id: str, *, language: str | None = None) -> Task:
-        return self._run(self._get_task(task_id, language))
-
-    def download(
-        self,
-        url: str,
-        dest: Path,
-        *,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        deadline_s: float = DEFAULT_DEADLINE_S,
-        expires_at: float | None = None,
-    ) -> DownloadResult:
-        return self._run(self._download(url, dest, max_bytes, deadline_s, expires_at))
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()

@@ -1,4 +1,4 @@
-"""Fetching a rendered video from its signed CDN link, as an I/O-free flow (see `apimart._io`).
+"""Fetching a rendered video from its signed CDN link (`AsyncAPIMartClient.download`).
 
 The body streams into a hidden temporary file beside the destination, hashed on the way, and
 is renamed over the destination only once it is whole and checked; every failure removes the
@@ -13,19 +13,18 @@ to `169.254.169.254` or into the private network is refused (`UnsafeDownloadURL`
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
 import re
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import httpx
 
-from apimart._io import Blocking, Close, Flow, Open, Read, Sleep
-from apimart.calls import Settings, describe
+from apimart.calls import describe
 from apimart.errors import (
     DownloadError,
     DownloadIntegrityError,
@@ -33,15 +32,15 @@ from apimart.errors import (
     parse_retry_after,
     redact_url,
 )
-from apimart.netguard import UnsafeURL, check_url, is_loopback_host
-from apimart.retry import RetryAfterTooLong
+from apimart.netguard import UnsafeURL, acheck_url, is_loopback_host
+from apimart.retry import RetryAfterTooLong, RetryPolicy
 
 __all__ = [
     "DownloadResult",
     "DownloadUnavailable",
     "UnsafeDownloadURL",
     "check_download_url",
-    "download_flow",
+    "download_video",
     "is_loopback_host",
 ]
 
@@ -90,27 +89,19 @@ def check_download_url(url: str, *, allow_loopback_http: bool) -> httpx.URL:
     )
 
 
-def _address_problem(url: str, allow_loopback: bool) -> str | None:
-    try:
-        check_url(url, allow_loopback=allow_loopback)
-    except UnsafeURL as exc:
-        return str(exc)
-    return None
-
-
-def _guard(url: httpx.URL, allow_loopback: bool) -> Flow[None]:
+async def _guard(url: httpx.URL, allow_loopback: bool) -> None:
     """Refuse a URL whose host is, or resolves to, an address we must not fetch.
 
-    The look-up runs off the event loop (a `Blocking` action). httpx resolves the name again
-    when it connects, so a DNS server that answers differently a moment later (rebinding)
-    could slip past this check. We accept that rather than pin the connection to the checked
-    address (which needs a transport of our own and breaks TLS name checks if done wrong):
-    the names we fetch come from the vendor's answers, and the check still stops every
-    literal, every metadata name and every name that plainly resolves inward.
+    httpx resolves the name again when it connects, so a DNS server that answers differently
+    a moment later (rebinding) could slip past this check. We accept that rather than pin the
+    connection to the checked address (which needs a transport of our own and breaks TLS name
+    checks if done wrong): the names we fetch come from the vendor's answers, and the check
+    still stops every literal, every metadata name and every name that plainly resolves inward.
     """
-    problem = yield Blocking(partial(_address_problem, str(url), allow_loopback))
-    if problem:
-        raise UnsafeDownloadURL(f"refusing to download {redact_url(url)}: {problem}")
+    try:
+        await acheck_url(str(url), allow_loopback=allow_loopback)
+    except UnsafeURL as exc:
+        raise UnsafeDownloadURL(f"refusing to download {redact_url(url)}: {exc}") from None
 
 
 def content_type_problem(value: str | None) -> str | None:
@@ -191,16 +182,24 @@ def _bounded(timeout: httpx.Timeout, remaining: float) -> dict[str, float]:
     }
 
 
-def download_flow(
-    settings: Settings,
+async def download_video(
+    http: httpx.AsyncClient,
     url: str,
     dest: Path,
     *,
+    retry: RetryPolicy,
+    timeout: httpx.Timeout,
+    user_agent: str,
     max_bytes: int,
     deadline_s: float,
     expires_at: float | None,
     allow_loopback_http: bool,
-) -> Flow[DownloadResult]:
+) -> DownloadResult:
+    """Fetch `url` into `dest` with `http` (see the module docstring for the guarantees).
+
+    `retry` bounds the tries that make no progress, `timeout` is each request's (cut to what
+    is left of `deadline_s`), and `allow_loopback_http` is true only for a sandbox client.
+    """
     shown = redact_url(url)
     target = check_download_url(url, allow_loopback_http=allow_loopback_http)
     if max_bytes <= 0 or deadline_s <= 0:
@@ -214,99 +213,115 @@ def download_flow(
             shown,
             time.time() - expires_at,
         )
-    yield from _guard(target, allow_loopback_http)
+    await _guard(target, allow_loopback_http)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _PartFile(dest)
+    fetch = _Fetch(http, retry, timeout, user_agent, max_bytes, deadline, allow_loopback_http)
     try:
-        yield from _fetch(settings, target, part, max_bytes, deadline, allow_loopback_http)
-        yield Blocking(lambda: part.commit(dest))
+        await fetch.into(part, target)
+        # fsync can take seconds on a busy disk; the event loop must not wait for it.
+        await asyncio.to_thread(part.commit, dest)
     finally:
         part.discard()
     log.info("downloaded %s to %s (%d bytes)", shown, dest, part.size)
     return DownloadResult(path=dest, bytes=part.size, sha256=part.hasher.hexdigest())
 
 
-def _fetch(
-    settings: Settings,
-    url: httpx.URL,
-    part: _PartFile,
-    max_bytes: int,
-    deadline: float,
-    allow_loopback_http: bool,
-) -> Flow[None]:
-    failures = 0
-    furthest = 0
-    redirects = 0
-    total: int | None = None
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise DownloadError(f"{redact_url(url)}: download deadline exceeded")
-        resuming = part.size > 0
+@dataclass(frozen=True, slots=True)
+class _Fetch:
+    """One download's connection and limits."""
+
+    http: httpx.AsyncClient
+    retry: RetryPolicy
+    timeout: httpx.Timeout
+    user_agent: str
+    max_bytes: int
+    deadline: float
+    allow_loopback_http: bool
+
+    def request(self, url: httpx.URL, offset: int) -> httpx.Request:
         headers = {
-            "User-Agent": settings.user_agent,
+            "User-Agent": self.user_agent,
             "Accept": "video/*, application/octet-stream",
             # Byte counts and ranges must refer to the stored bytes, not a compressed form.
             "Accept-Encoding": "identity",
         }
-        if resuming:
-            headers["Range"] = f"bytes={part.size}-"
-        request = httpx.Request(
-            "GET",
-            url,
-            headers=headers,
-            extensions={"timeout": _bounded(settings.download_timeout, remaining)},
-        )
-        try:
-            response: httpx.Response = yield Open(request)
-            location = response.headers.get("Location")
-            if response.status_code in _REDIRECT_STATUSES and location:
-                redirects += 1
-                if redirects > MAX_REDIRECTS:
-                    raise DownloadError(f"{redact_url(url)}: too many redirects")
-                yield Close()
-                url = check_download_url(
-                    str(url.join(location)), allow_loopback_http=allow_loopback_http
-                )
-                # Every hop is checked before it is requested: a redirect is where a CDN
-                # link most easily turns into a request for the metadata service.
-                yield from _guard(url, allow_loopback_http)
-                continue
-            total = _check_head(response, part, max_bytes)
-            while (chunk := (yield Read())) is not None:
-                if part.size + len(chunk) > max_bytes:
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise DownloadError(f"{redact_url(url)}: download deadline exceeded")
+        timeout = _bounded(self.timeout, remaining)
+        return httpx.Request("GET", url, headers=headers, extensions={"timeout": timeout})
+
+    async def into(self, part: _PartFile, url: httpx.URL) -> None:
+        """Stream the video into `part`, following checked redirects and resuming cuts."""
+        failures = 0
+        furthest = 0
+        redirects = 0
+        total: int | None = None
+        while True:
+            request = self.request(url, part.size)
+            try:
+                response = await self.http.send(request, stream=True)
+                try:
+                    location = response.headers.get("Location")
+                    if response.status_code in _REDIRECT_STATUSES and location:
+                        redirects += 1
+                        if redirects > MAX_REDIRECTS:
+                            raise DownloadError(f"{redact_url(url)}: too many redirects")
+                        await response.aclose()
+                        url = check_download_url(
+                            str(url.join(location)), allow_loopback_http=self.allow_loopback_http
+                        )
+                        # Every hop is checked before it is requested: a redirect is where a
+                        # CDN link most easily turns into a request for the metadata service.
+                        await _guard(url, self.allow_loopback_http)
+                        continue
+                    total = _check_head(response, part, self.max_bytes)
+                    async for chunk in response.aiter_bytes():
+                        self.take(url, part, chunk)
+                finally:
+                    await response.aclose()
+                if total is not None and part.size > total:
                     raise DownloadIntegrityError(
-                        f"{redact_url(url)}: body exceeds the limit of {max_bytes} bytes"
+                        f"{redact_url(url)}: got {part.size} bytes, more than the {total} announced"
                     )
-                if part.size == 0 and chunk.lstrip()[:1] == b"<":
-                    raise DownloadIntegrityError(f"{redact_url(url)}: body is markup, not video")
-                part.write(chunk)
-                if time.monotonic() > deadline:
-                    raise DownloadError(f"{redact_url(url)}: download deadline exceeded")
-            yield Close()
-            if total is not None and part.size > total:
-                raise DownloadIntegrityError(
-                    f"{redact_url(url)}: got {part.size} bytes, more than the {total} announced"
-                )
-            if total is not None and part.size < total:
-                raise _Retryable(f"short body: {part.size} of {total} bytes", short=True)
-            if part.size == 0:
-                raise DownloadIntegrityError(f"{redact_url(url)}: empty body")
-            return
-        except httpx.HTTPError as exc:
-            # Mid-body this is the peer closing early: what arrived is kept and resumed.
-            problem = _Retryable(describe(exc), short=part.size > 0)
-        except _Retryable as exc:
-            problem = exc
-        yield Close()
-        # A try that got further than any before is progress, not failure: only stalls (and
-        # restarts that never get further) use up attempts.
-        if part.size > furthest:
-            furthest = part.size
-        else:
-            failures += 1
-        if not settings.retry.can_retry(failures):
+                if total is not None and part.size < total:
+                    raise _Retryable(f"short body: {part.size} of {total} bytes", short=True)
+                if part.size == 0:
+                    raise DownloadIntegrityError(f"{redact_url(url)}: empty body")
+                return
+            except httpx.HTTPError as exc:
+                # Mid-body this is the peer closing early: what arrived is kept and resumed.
+                problem = _Retryable(describe(exc), short=part.size > 0)
+            except _Retryable as exc:
+                problem = exc
+            # A try that got further than any before is progress, not failure: only stalls
+            # (and restarts that never get further) use up attempts.
+            if part.size > furthest:
+                furthest = part.size
+            else:
+                failures += 1
+            await self.pause(url, part, problem, failures, total)
+
+    def take(self, url: httpx.URL, part: _PartFile, chunk: bytes) -> None:
+        if part.size + len(chunk) > self.max_bytes:
+            raise DownloadIntegrityError(
+                f"{redact_url(url)}: body exceeds the limit of {self.max_bytes} bytes"
+            )
+        if part.size == 0 and chunk.lstrip()[:1] == b"<":
+            raise DownloadIntegrityError(f"{redact_url(url)}: body is markup, not video")
+        part.write(chunk)
+        if time.monotonic() > self.deadline:
+            raise DownloadError(f"{redact_url(url)}: download deadline exceeded")
+
+    async def pause(
+        self, url: httpx.URL, part: _PartFile, problem: _Retryable, failures: int, total: int | None
+    ) -> None:
+        """Wait before the next try, or raise when the tries without progress are used up."""
+        if not self.retry.can_retry(failures):
             tries = f"{problem}; {failures} tries without progress"
             if problem.short:
                 raise DownloadIntegrityError(
@@ -314,7 +329,7 @@ def _fetch(
                 )
             raise DownloadUnavailable(f"{redact_url(url)}: {tries}")
         try:
-            seconds = settings.retry.sleep_for(max(failures, 1), problem.retry_after)
+            seconds = self.retry.sleep_for(max(failures, 1), problem.retry_after)
         except RetryAfterTooLong:
             raise DownloadError(f"{redact_url(url)}: {problem}, asked to wait longer") from None
         log.info(
@@ -324,7 +339,9 @@ def _fetch(
             problem,
             seconds,
         )
-        yield Sleep(min(seconds, max(0.0, deadline - time.monotonic())))
+        seconds = min(seconds, self.deadline - time.monotonic())
+        if seconds > 0:
+            await asyncio.sleep(seconds)
 
 
 def _check_head(response: httpx.Response, part: _PartFile, max_bytes: int) -> int | None:

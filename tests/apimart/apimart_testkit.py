@@ -40,9 +40,16 @@ def sandbox_config(faults: Faults | None = None, **options: Any) -> SandboxConfi
     return SandboxConfig(api_key=API_KEY, faults=faults or Faults(), **options)
 
 
+def instant(attempts: int = 3, **fields: Any) -> RetryPolicy:
+    """A retry policy whose own waits are zero, so retry paths run at once (a server's
+    Retry-After hint is still waited: tests that send one keep it short)."""
+    return RetryPolicy(attempts=attempts, initial_wait=0.0, jitter=0.0, **fields)
+
+
 def client_for(sb: Sandbox | str, **options: Any) -> AsyncAPIMartClient:
+    """A client of `sb` with the canary key and an `instant` retry policy, unless overridden."""
     options.setdefault("api_key", API_KEY)
-    options.setdefault("retry", RetryPolicy(attempts=3))
+    options.setdefault("retry", instant())
     options.setdefault("timeout", 10.0)
     return AsyncAPIMartClient(base_url=sb if isinstance(sb, str) else sb.url, **options)
 

@@ -15,6 +15,7 @@ from apimart_testkit import (
     ProxyTransport,
     Sandbox,
     client_for,
+    instant,
     new_key,
     unique,
     wait_until_done,
@@ -130,12 +131,12 @@ async def test_429_then_success_creates_exactly_one_task(make_sandbox: MakeSandb
 async def test_429_exhausted_is_rate_limit_error_with_retry_after(
     make_sandbox: MakeSandbox,
 ) -> None:
-    sb = make_sandbox(Faults(submit_429=ALWAYS, retry_after_s=7))
+    sb = make_sandbox(Faults(submit_429=ALWAYS, retry_after_s=0.05))
     transport = CountingTransport()
-    async with client_for(sb, transport=transport, retry=RetryPolicy(attempts=3)) as client:
+    async with client_for(sb, transport=transport, retry=instant(3)) as client:
         with pytest.raises(RateLimitError) as caught:
             await client.submit(VideoRequest.build(prompt=unique()), idempotency_key="row-1")
-    assert caught.value.retry_after == 7.0
+    assert caught.value.retry_after == 0.05
     assert caught.value.error_type == "rate_limit_error"
     assert len(transport.requests) == 3
     assert sb.state.counters.tasks_created == 0
@@ -144,7 +145,7 @@ async def test_429_exhausted_is_rate_limit_error_with_retry_after(
 async def test_retry_after_beyond_the_cap_gives_up_at_once(make_sandbox: MakeSandbox) -> None:
     sb = make_sandbox(Faults(submit_429=ALWAYS, retry_after_s=300))
     transport = CountingTransport()
-    policy = RetryPolicy(attempts=5, max_retry_after=120)
+    policy = instant(5, max_retry_after=120)
     async with client_for(sb, transport=transport, retry=policy) as client:
         with pytest.raises(RateLimitError) as caught:
             await client.submit(VideoRequest.build(prompt=unique()), idempotency_key="row-1")
@@ -155,6 +156,7 @@ async def test_retry_after_beyond_the_cap_gives_up_at_once(make_sandbox: MakeSan
 async def test_retry_after_is_really_waited(make_sandbox: MakeSandbox) -> None:
     sb = make_sandbox(Faults(submit_429=ONCE, retry_after_s=0.3))
     policy = RetryPolicy(jitter=0.0)
+    previous = retry.waits_enabled()  # another test folder's fixture may have switched it off
     retry.set_waits(True)
     try:
         async with client_for(sb, retry=policy) as client:
@@ -162,7 +164,7 @@ async def test_retry_after_is_really_waited(make_sandbox: MakeSandbox) -> None:
             await client.submit(VideoRequest.build(prompt=unique()), idempotency_key="row-1")
             elapsed = time.monotonic() - started
     finally:
-        retry.set_waits(False)
+        retry.set_waits(previous)
     assert 0.3 <= elapsed < 30
     assert sb.state.counters.tasks_created == 1
 
@@ -219,7 +221,7 @@ async def test_connect_failure_exhausted_creates_nothing(sandbox: Sandbox) -> No
     transport = CountingTransport(refuse_first=99)
     key = new_key()
     before = sandbox.state.counters.submit_requests
-    async with client_for(sandbox, transport=transport, retry=RetryPolicy(attempts=4)) as client:
+    async with client_for(sandbox, transport=transport, retry=instant(4)) as client:
         with pytest.raises(ConnectError):
             await client.submit(VideoRequest.build(prompt=unique()), idempotency_key=key)
     assert len(transport.requests) == 4
@@ -358,7 +360,7 @@ async def test_408_exhausted_is_a_connect_failure_not_unknown(make_sandbox: Make
         return httpx.Response(408, text="Request Timeout", request=request)
 
     proxy = ProxyTransport(always_timed_out)
-    async with client_for(sb, transport=proxy, retry=RetryPolicy(attempts=4)) as client:
+    async with client_for(sb, transport=proxy, retry=instant(4)) as client:
         with pytest.raises(ConnectError) as caught:
             await client.submit(VideoRequest.build(prompt=unique()), idempotency_key=new_key())
     assert isinstance(caught.value, RequestTimeoutError) and caught.value.status_code == 408

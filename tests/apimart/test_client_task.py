@@ -12,6 +12,7 @@ from apimart_testkit import (
     ProxyTransport,
     Sandbox,
     client_for,
+    instant,
     new_key,
     unique,
     wait_until_done,
@@ -23,7 +24,6 @@ from apimart import (
     ConnectError,
     NotFoundError,
     RequestValidationError,
-    RetryPolicy,
     ServerError,
     VideoRequest,
 )
@@ -91,7 +91,7 @@ async def test_unknown_status_counts_as_running(make_sandbox: MakeSandbox) -> No
 
 async def test_query_5xx_is_retried(make_sandbox: MakeSandbox) -> None:
     sb = make_sandbox(Faults(query_5xx=FaultRule(rate=1.0, times=2)))
-    async with client_for(sb, retry=RetryPolicy(attempts=3)) as client:
+    async with client_for(sb, retry=instant(3)) as client:
         task_id = await submit(client)
         task = await client.get_task(task_id)
     assert task.id == task_id
@@ -100,7 +100,7 @@ async def test_query_5xx_is_retried(make_sandbox: MakeSandbox) -> None:
 
 async def test_query_5xx_exhausted_is_server_error(make_sandbox: MakeSandbox) -> None:
     sb = make_sandbox(Faults(query_5xx=FaultRule(rate=1.0)))
-    async with client_for(sb, retry=RetryPolicy(attempts=4)) as client:
+    async with client_for(sb, retry=instant(4)) as client:
         task_id = await submit(client)
         with pytest.raises(ServerError) as caught:
             await client.get_task(task_id)

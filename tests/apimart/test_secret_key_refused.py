@@ -9,7 +9,7 @@ import httpx
 import pytest
 from apimart_testkit import API_KEY, MakeSandbox, Sandbox, client_for, new_key, unique
 
-from apimart import APIMartClient, AsyncAPIMartClient, AuthenticationError, VideoRequest
+from apimart import AsyncAPIMartClient, AuthenticationError, VideoRequest
 from apimart.client import check_api_key
 from apimart.errors import RequestValidationError, SubmitOutcomeUnknown, UnsendableRequest
 from apimart.redact import secret_forms
@@ -36,15 +36,14 @@ def assert_holds_no_part_of(text: str, key: str) -> None:
 
 
 @pytest.mark.parametrize("key", list(BAD_KEYS.values()), ids=list(BAD_KEYS))
-@pytest.mark.parametrize("cls", [AsyncAPIMartClient, APIMartClient], ids=["async", "sync"])
 def test_unsendable_key_is_refused_at_construction_and_sends_nothing(
-    make_sandbox: MakeSandbox, key: str, cls: type[AsyncAPIMartClient] | type[APIMartClient]
+    make_sandbox: MakeSandbox, key: str
 ) -> None:
     """A key with a line break, space, tab, NUL or non-ASCII character stops the client before
     any request, with a message that names the rule and holds no part of the key."""
     sb = make_sandbox()
     with pytest.raises(AuthenticationError) as caught:
-        cls(base_url=sb.url, api_key=key)
+        AsyncAPIMartClient(base_url=sb.url, api_key=key)
     error = caught.value
     assert error.status_code == 401 and error.error_type == "invalid_api_key"
     assert "cannot be sent in an HTTP header" in str(error) and "APIMART_API_KEY" in str(error)
