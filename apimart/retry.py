@@ -1,8 +1,10 @@
 """When to wait and how long: capped exponential backoff with jitter, in the style of stamina.
 
 Retrying is decided by the callers (each names the outcomes it retries); this module only
-computes waits. `set_waits(False)` (or `with no_waits():`) turns every wait into zero for the
-whole process, so test suites exercise the retry paths without sleeping.
+computes waits. A test of the client itself injects a policy whose waits are zero
+(`RetryPolicy(initial_wait=0, jitter=0)`). Tests that drive the client through the tasks and
+flows, which build their own client, cannot inject one: for them `with no_waits():` (or
+`set_waits(False)`) turns every wait into zero for the whole process.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ class RetryPolicy:
     `min(max_wait, initial_wait * multiplier ** (n - 1)) + uniform(0, jitter)`. A Retry-After
     hint replaces the computed wait when it is at most `max_retry_after`; a longer hint ends
     the retries at once, because sleeping less than asked only earns another 429.
-    `wait=False` keeps the retries but skips the sleeping.
     """
 
     attempts: int = 5
@@ -57,7 +58,6 @@ class RetryPolicy:
     max_wait: float = 30.0
     jitter: float = 1.0
     max_retry_after: float = 120.0
-    wait: bool = True
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -71,7 +71,7 @@ class RetryPolicy:
         return attempt < self.attempts
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:
-        """The pause after failed try number `attempt`, ignoring the on/off switches.
+        """The pause after failed try number `attempt`, ignoring the process-wide switch.
 
         Raises RetryAfterTooLong when the server's hint exceeds `max_retry_after`.
         """
@@ -84,6 +84,6 @@ class RetryPolicy:
         return min(self.max_wait, base) + random.uniform(0.0, self.jitter)
 
     def sleep_for(self, attempt: int, retry_after: float | None = None) -> float:
-        """The pause to actually sleep: `backoff`, or 0 when waits are switched off."""
+        """The pause to actually sleep: `backoff`, or 0 while waits are switched off."""
         delay = self.backoff(attempt, retry_after)
-        return delay if (self.wait and _waits_enabled) else 0.0
+        return delay if _waits_enabled else 0.0

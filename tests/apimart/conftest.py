@@ -2,7 +2,9 @@
 
 One session-wide sandbox serves the tests that need no faults (each uses its own prompts and
 idempotency keys, so shared counters stay readable); tests that inject faults or read global
-counters start their own with `make_sandbox`.
+counters start their own with `make_sandbox`. Retry waits are not switched off process-wide
+here: each client gets a zero-wait policy (`apimart_testkit.instant`), so a later test in the
+same session (tests/tasks) still sees real waits.
 """
 
 from __future__ import annotations
@@ -14,14 +16,7 @@ from typing import Any
 import pytest
 from apimart_testkit import MakeSandbox, Sandbox, sandbox_config
 
-from apimart import retry
 from apimart.sandbox import Faults, run_in_thread
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _no_retry_waits() -> Iterator[None]:
-    with retry.no_waits():
-        yield
 
 
 @pytest.fixture(scope="session")

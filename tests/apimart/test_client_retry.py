@@ -1,4 +1,4 @@
-"""RetryPolicy arithmetic and the process-wide switch that keeps tests from sleeping."""
+"""RetryPolicy arithmetic, and the process-wide switch that tests of the tasks and flows use."""
 
 from __future__ import annotations
 
@@ -31,20 +31,28 @@ def test_attempts_count_the_first_try() -> None:
     assert [policy.can_retry(n) for n in (1, 2, 3)] == [True, True, False]
 
 
-def test_waits_can_be_switched_off() -> None:
+def test_no_waits_zeroes_every_wait_and_restores_the_setting() -> None:
+    """Inside `no_waits()` every policy sleeps zero, nested blocks too; after it, real waits."""
     policy = RetryPolicy(initial_wait=3.0, jitter=0.0)
-    # The suite runs with waits off (conftest); the switch nests and restores.
-    assert not retry.waits_enabled()
-    assert policy.sleep_for(1) == 0.0
+    previous = retry.waits_enabled()
     retry.set_waits(True)
     try:
         assert policy.sleep_for(1) == 3.0
-        assert RetryPolicy(initial_wait=3.0, wait=False).sleep_for(1) == 0.0
         with retry.no_waits():
             assert policy.sleep_for(1) == 0.0
-        assert retry.waits_enabled()
+            with retry.no_waits():
+                assert policy.sleep_for(2) == 0.0
+            assert not retry.waits_enabled()
+        assert retry.waits_enabled() and policy.sleep_for(1) == 3.0
     finally:
-        retry.set_waits(False)
+        retry.set_waits(previous)
+
+
+def test_a_zero_wait_policy_never_sleeps_but_honours_retry_after() -> None:
+    """With no initial wait and no jitter every backoff is zero; a Retry-After still counts."""
+    policy = RetryPolicy(initial_wait=0.0, jitter=0.0)
+    assert [policy.backoff(n) for n in range(1, 6)] == [0.0] * 5
+    assert policy.backoff(1, retry_after=0.25) == 0.25
 
 
 @pytest.mark.parametrize("field", ["initial_wait", "multiplier", "max_wait", "jitter"])
