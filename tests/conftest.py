@@ -1,4 +1,5 @@
-"""Session-wide test setup: an isolated Prefect home, one real Prefect API for the session.
+"""Session-wide test setup: an isolated Prefect home, one real Prefect API for the session,
+and the shared helpers of tests/support/ importable as `support` from every test.
 
 Prefect reads its settings at import, so the environment is set before anything imports it.
 """
@@ -6,8 +7,16 @@ Prefect reads its settings at import, so the environment is set before anything 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
+
+# pytest puts tests/ on the path for this file anyway (tests/ has no __init__.py); saying so
+# here makes `import support` not depend on that detail.
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
 _HOME = tempfile.mkdtemp(prefix="videobatch-prefect-")
 os.environ.setdefault("PREFECT_HOME", _HOME)

@@ -10,12 +10,10 @@ stdout and stderr, so no test can forget it. Every command logs at DEBUG to the 
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import itertools
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,10 +27,14 @@ from typing import Any
 import av
 import pyarrow as pa
 import pyarrow.parquet as pq
+from support.manifests import write_manifest as write_manifest
+from support.net import free_port as free_port
+from support.outputs import ledger_rows as ledger_rows
+from support.outputs import results as results
 
 from apimart.redact import secret_forms
 from apimart.sandbox import Faults, RunningSandbox, SandboxConfig, run_in_thread
-from tasks.ledger import Ledger, RowRecord
+from tasks.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"
@@ -76,18 +78,6 @@ def clip_rows(n: int, prefix: str = "clip", **extra: Any) -> list[dict[str, Any]
         }
         for i in range(n)
     ]
-
-
-def write_manifest(path: Path, rows: list[dict[str, Any]]) -> Path:
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(c for c in row if c not in columns)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 # --- the sandbox --------------------------------------------------------------------------
@@ -304,12 +294,6 @@ DEBUG_LOGGING_ENV = {
 }
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --- the ledger, read-only, as a bystander ------------------------------------------------
 
 
@@ -320,11 +304,6 @@ def ledger_counts(out: Path) -> dict[str, int]:
             return ledger.counts()
     except (FileNotFoundError, sqlite3.Error):
         return {}
-
-
-def ledger_rows(out: Path) -> dict[str, RowRecord]:
-    with Ledger(out, readonly=True) as ledger:
-        return ledger.all()
 
 
 def wait_for_ledger(
@@ -359,10 +338,6 @@ def wait_for_ledger(
 
 def results_table(out: Path) -> pa.Table:
     return pq.read_table(out / "results.parquet")
-
-
-def results(out: Path) -> dict[str, dict[str, Any]]:
-    return {r["id"]: r for r in results_table(out).to_pylist()}
 
 
 def statuses(out: Path) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -12,6 +13,7 @@ from flowkit import API_KEY
 
 from apimart import retry
 from apimart.sandbox import Faults, SandboxConfig, run_in_thread
+from tasks.inbox import INBOX_LIMIT
 
 _seeds = itertools.count(500)
 
@@ -37,3 +39,17 @@ def make_sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeSandbox]:
             return stack.enter_context(run_in_thread(config))
 
         yield start
+
+
+@pytest.fixture
+async def inbox_limit(prefect_api: str) -> None:
+    """What `videobatch deploy` creates: the global limit of one inbox run at a time."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    async with get_client() as client:
+        with contextlib.suppress(ObjectAlreadyExists):
+            await client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=INBOX_LIMIT, limit=1)
+            )

@@ -1,13 +1,20 @@
-"""Helpers shared by the flow tests (a plain module: tests/ is not a package)."""
+"""Helpers shared by the flow tests (a plain module: tests/ is not a package).
+
+Manifests and fast run options come from tests/support/ and are re-exported here.
+"""
 
 from __future__ import annotations
 
-import csv
 import logging
+import os
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from support.manifests import write_manifest as write_manifest
+from support.runs import fast_options as fast_options
 
 from apimart.redact import secret_forms
 
@@ -59,28 +66,22 @@ def debug_logs_to_prefect() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
-def write_manifest(path: Path, rows: list[dict[str, Any]]) -> Path:
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(c for c in row if c not in columns)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+def settle(path: Path) -> Path:
+    """Date the file back past the inbox's settling time, as a finished copy would be."""
+    past = time.time() - 60
+    os.utime(path, (past, past))
     return path
 
 
-def fast_options(manifest: Path, out: Path, sandbox_url: str, **extra: Any) -> Any:
-    from tasks.options import RunOptions
+def drop(box: Path, name: str, rows: list[dict[str, Any]]) -> Path:
+    """A manifest of `rows` that arrived in the inbox folder `box` a minute ago."""
+    box.mkdir(parents=True, exist_ok=True)
+    return settle(write_manifest(box / name, rows))
 
-    values: dict[str, Any] = {
-        "manifest": str(manifest),
-        "out": str(out),
-        "base_url": sandbox_url,
-        "poll_initial_delay": 0.1,
-        "poll_interval": 0.1,
-        "submit_rate": 200.0,
-        "report": False,
-    }
-    values.update(extra)
-    return RunOptions(**values)
+
+def inbox_rows(prefix: str, n: int) -> list[dict[str, Any]]:
+    """`n` cheap rows `PREFIX-0`, ... whose prompts (`PREFIX inbox clip I`) no other has."""
+    return [
+        {"id": f"{prefix}-{i}", "prompt": f"{prefix} inbox clip {i}", "duration": 4}
+        for i in range(n)
+    ]

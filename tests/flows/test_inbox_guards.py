@@ -5,54 +5,19 @@ folders left alone, and a manifest that changed while it ran kept for the next t
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flowkit import fast_options, write_manifest
+from flowkit import drop, fast_options, inbox_rows, settle, write_manifest
 
 from flows.inbox import InboxErrors, inbox
-from tasks.inbox import INBOX_LIMIT, InboxRefused
+from tasks.inbox import InboxRefused
 
 MakeSandbox = Any
 
-pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-async def inbox_limit() -> None:
-    """What `videobatch deploy` creates: the global limit of one inbox run at a time."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists
-
-    async with get_client() as client:
-        with contextlib.suppress(ObjectAlreadyExists):
-            await client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(name=INBOX_LIMIT, limit=1)
-            )
-
-
-def settle(path: Path) -> Path:
-    """Date the file back past the inbox's settling time, as a finished copy would be."""
-    past = time.time() - 60
-    os.utime(path, (past, past))
-    return path
-
-
-def drop(box: Path, name: str, rows: list[dict[str, Any]]) -> Path:
-    box.mkdir(parents=True, exist_ok=True)
-    return settle(write_manifest(box / name, rows))
-
-
-def rows(prefix: str, n: int) -> list[dict[str, Any]]:
-    return [
-        {"id": f"{prefix}-{i}", "prompt": f"{prefix} guard clip {i}", "duration": 4}
-        for i in range(n)
-    ]
+pytestmark = [pytest.mark.usefixtures("prefect_api", "inbox_limit"), pytest.mark.slow]
 
 
 @pytest.mark.parametrize("flag", ["resubmit_unknown", "retry_failed"])
@@ -62,7 +27,7 @@ async def test_resends_in_defaults_are_refused(
     """Defaults asking for a resend fail the tick with the person's command; nothing is sent."""
     sb = make_sandbox()
     box, out = tmp_path / "inbox", tmp_path / "out"
-    drop(box, "again.csv", rows("again", 2))
+    drop(box, "again.csv", inbox_rows("again", 2))
     defaults = fast_options(Path("-"), Path("-"), sb.url, **{flag: True})
     with pytest.raises(InboxRefused) as err:
         await inbox(inbox_dir=str(box), out_root=str(out), defaults=defaults)
@@ -79,7 +44,7 @@ async def test_dry_run_runs_nothing_and_files_nothing(
     """With defaults.dry_run every manifest stays where it is and no request is made."""
     sb = make_sandbox()
     box, out = tmp_path / "inbox", tmp_path / "out"
-    drop(box, "plan.csv", rows("plan", 3))
+    drop(box, "plan.csv", inbox_rows("plan", 3))
     (box / "broken.csv").write_text("", encoding="utf-8")
     settle(box / "broken.csv")
     defaults = fast_options(Path("-"), Path("-"), sb.url, dry_run=True)
@@ -102,7 +67,7 @@ async def test_a_sharded_output_folder_is_an_error_and_left(
     """A manifest whose output folder holds a sharded run is not run and stays in the inbox."""
     sb = make_sandbox()
     box, out = tmp_path / "inbox", tmp_path / "out"
-    drop(box, "big.csv", rows("big", 2))
+    drop(box, "big.csv", inbox_rows("big", 2))
     (out / "big" / "shards").mkdir(parents=True)
     (out / "big" / "shards.json").write_text("{}", encoding="utf-8")
     defaults = fast_options(Path("-"), Path("-"), sb.url)
@@ -120,7 +85,7 @@ async def test_a_manifest_changed_mid_run_stays_for_the_next_tick(
     """A row appended while the run works keeps the file in the inbox; the next tick runs it."""
     sb = make_sandbox()
     box, out = tmp_path / "inbox", tmp_path / "out"
-    first = rows("grow", 2)
+    first = inbox_rows("grow", 2)
     manifest = drop(box, "grow.csv", first)
     defaults = fast_options(Path("-"), Path("-"), sb.url)
     sb.config.faults.hold_tasks = True
@@ -132,18 +97,18 @@ async def test_a_manifest_changed_mid_run_stays_for_the_next_tick(
             assert time.monotonic() < deadline, "the run never submitted its rows"
             await asyncio.sleep(0.05)
         # The run is held at `processing`: append a third row, as a person might.
-        write_manifest(manifest, [*first, *rows("late", 1)])
+        write_manifest(manifest, [*first, *inbox_rows("late", 1)])
     finally:
         sb.config.faults.hold_tasks = False
     outcome = await asyncio.wait_for(tick, timeout=120)
     assert outcome["manifests"] == {"grow.csv": "changed"}
     assert manifest.is_file() and not (box / "done").exists()
     created = sb.state.counters.snapshot()["tasks_created_by_prompt"]
-    assert "late guard clip 0" not in created
+    assert "late inbox clip 0" not in created
 
     settle(manifest)
     second = await inbox(inbox_dir=str(box), out_root=str(out), defaults=defaults)
     assert second["manifests"] == {"grow.csv": "done"}
     assert (box / "done" / "grow.csv").is_file() and not manifest.exists()
     created = sb.state.counters.snapshot()["tasks_created_by_prompt"]
-    assert created == {"grow guard clip 0": 1, "grow guard clip 1": 1, "late guard clip 0": 1}
+    assert created == {"grow inbox clip 0": 1, "grow inbox clip 1": 1, "late inbox clip 0": 1}

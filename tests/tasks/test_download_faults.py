@@ -6,7 +6,6 @@ the step never crashes the row, and a paid task's id is always kept and logged.
 
 from __future__ import annotations
 
-import csv
 import errno
 import hashlib
 import logging
@@ -20,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support.manifests import prompt_rows, write_manifest
 
 from apimart import AsyncAPIMartClient
 from apimart.netguard import is_loopback_host
@@ -41,20 +41,16 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APIMART_API_KEY", KEY)
 
 
-def _manifest(path: Path) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "prompt", "duration", "resolution"])
-        writer.writerow(["r0", "a lighthouse in fog", 4, "720p"])
-    return path
-
-
 @asynccontextmanager
 async def run_for(
     tmp_path: Path, sb: RunningSandbox, **options: Any
 ) -> AsyncIterator[tuple[str, Runtime]]:
     opts = RunOptions(
-        manifest=str(_manifest(tmp_path / "m.csv")),
+        manifest=str(
+            write_manifest(
+                tmp_path / "m.csv", prompt_rows(["a lighthouse in fog"], resolution="720p")
+            )
+        ),
         out=str(tmp_path / "out"),
         base_url=sb.url,
         poll_initial_delay=0.02,

@@ -7,11 +7,11 @@ row, and the row ends `download_failed` with its task id for the next run.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from support.manifests import prompt_rows, write_manifest
 
 from apimart import retry
 from apimart.sandbox import FaultRule, Faults, SandboxConfig, run_in_thread
@@ -24,12 +24,7 @@ KEY = "sk-download-retries-canary-3a8f"
 
 
 def _manifest(path: Path, rows: int) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "prompt", "duration"])
-        for i in range(rows):
-            writer.writerow([f"d{i}", f"download row {i}", 4])
-    return path
+    return write_manifest(path, prompt_rows([f"download row {i}" for i in range(rows)], prefix="d"))
 
 
 @pytest.mark.parametrize(

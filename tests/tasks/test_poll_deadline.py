@@ -8,7 +8,6 @@ test here waits on a task finishing by chance.
 from __future__ import annotations
 
 import asyncio
-import csv
 import math
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.manifests import prompt_rows, write_manifest
 
 from apimart import retry
 from apimart.sandbox import FaultRule, RunningSandbox, SandboxConfig, run_in_thread
@@ -38,15 +38,6 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APIMART_API_KEY", KEY)
 
 
-def _manifest(path: Path, count: int) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "prompt", "duration"])
-        for i in range(count):
-            writer.writerow([f"r{i}", f"deadline row {i}", 4])
-    return path
-
-
 @asynccontextmanager
 async def run_for(
     tmp_path: Path, rows: int = 1, **options: Any
@@ -55,7 +46,11 @@ async def run_for(
     values: dict[str, Any] = {"poll_initial_delay": 0.05, "poll_interval": 0.05, **options}
     with run_in_thread(config) as sb:
         opts = RunOptions(
-            manifest=str(_manifest(tmp_path / "m.csv", rows)),
+            manifest=str(
+                write_manifest(
+                    tmp_path / "m.csv", prompt_rows([f"deadline row {i}" for i in range(rows)])
+                )
+            ),
             out=str(tmp_path / "out"),
             base_url=sb.url,
             submit_rate=1000,

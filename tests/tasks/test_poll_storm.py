@@ -7,13 +7,13 @@ per row (failed polls back off; nothing stacks Prefect retries on the client's r
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from support.manifests import prompt_rows, write_manifest
 
 from apimart import retry
 from apimart.sandbox import FaultRule, Faults, SandboxConfig, run_in_thread
@@ -31,15 +31,6 @@ POLL_INTERVAL = 0.1
 TRIES_PER_QUERY = retry.RetryPolicy().attempts
 
 
-def _manifest(path: Path) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "prompt", "duration"])
-        for i in range(ROWS):
-            writer.writerow([f"s{i}", f"storm row {i}", 4])
-    return path
-
-
 async def test_a_retry_storm_ends_every_row_timeout_on_time_without_hammering(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -53,7 +44,12 @@ async def test_a_retry_storm_ends_every_row_timeout_on_time_without_hammering(
         retry.no_waits(),  # the client retries as fast as it can: the worst case for the API
     ):
         options = RunOptions(
-            manifest=str(_manifest(tmp_path / "m.csv")),
+            manifest=str(
+                write_manifest(
+                    tmp_path / "m.csv",
+                    prompt_rows([f"storm row {i}" for i in range(ROWS)], prefix="s"),
+                )
+            ),
             out=str(out),
             base_url=sb.url,
             concurrency=ROWS,

@@ -3,7 +3,6 @@ merge in manifest order, and the folder-lock probe that tells a live shard from 
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from support.manifests import write_manifest
 
 from apimart import spec
 from tasks.ledger import FolderLock, Ledger, State
@@ -31,14 +31,6 @@ from tasks.shards import (
 RESOLUTIONS = ("720p", "1080p", "4k")
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def manifest_rows(n: int, *, bad: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
     return [
         {
@@ -54,7 +46,7 @@ def manifest_rows(n: int, *, bad: frozenset[int] = frozenset()) -> list[dict[str
 
 @pytest.fixture
 def manifest(tmp_path: Path) -> Path:
-    return write_csv(tmp_path / "big.csv", manifest_rows(23, bad=frozenset({5, 17})))
+    return write_manifest(tmp_path / "big.csv", manifest_rows(23, bad=frozenset({5, 17})))
 
 
 def options(manifest: Path, out: Path, **extra: Any) -> RunOptions:
@@ -89,7 +81,7 @@ def test_shards_hold_the_valid_rows_in_order(manifest: Path, tmp_path: Path) -> 
 
 
 def test_more_shards_than_rows_gives_one_row_each(tmp_path: Path) -> None:
-    small = write_csv(tmp_path / "small.csv", manifest_rows(3))
+    small = write_manifest(tmp_path / "small.csv", manifest_rows(3))
     plan = plan_shards(options(small, tmp_path / "out"), 8)
     assert plan.row_ids == (("r000",), ("r001",), ("r002",))
 
@@ -137,7 +129,7 @@ def test_changed_manifest_is_refused(manifest: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     plan_shards(options(manifest, out), 2)
     rows = manifest_rows(24)
-    write_csv(manifest, rows)
+    write_manifest(manifest, rows)
     with pytest.raises(ShardPlanError, match="another version"):
         plan_shards(options(manifest, out), 2)
 

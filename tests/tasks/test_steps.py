@@ -5,7 +5,6 @@ No Prefect server is involved: the task bodies are plain async functions over a 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.manifests import prompt_rows, write_manifest
+from support.net import free_port
 
 from apimart import retry
 from apimart.sandbox import FaultRule, Faults, SandboxConfig, run_in_thread
@@ -35,15 +36,6 @@ def _env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
-def _manifest(path: Path, prompts: list[str]) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "prompt", "duration"])
-        for i, prompt in enumerate(prompts):
-            writer.writerow([f"r{i}", prompt, 4])
-    return path
-
-
 @asynccontextmanager
 async def runtime_for(
     tmp_path: Path, prompts: list[str], faults: Faults | None = None, **options: Any
@@ -51,7 +43,7 @@ async def runtime_for(
     config = SandboxConfig(api_key=KEY, time_scale=0.002, faults=faults or Faults())
     with run_in_thread(config) as sb:
         opts = RunOptions(
-            manifest=str(_manifest(tmp_path / "m.csv", prompts)),
+            manifest=str(write_manifest(tmp_path / "m.csv", prompt_rows(prompts))),
             out=str(tmp_path / "out"),
             base_url=sb.url,
             poll_initial_delay=0.05,
@@ -170,13 +162,12 @@ async def test_a_doubtful_row_stays_unknown_when_its_resend_gets_nowhere(tmp_pat
 
 
 async def test_an_unreachable_api_is_given_up_on_after_a_few_rows(tmp_path: Path) -> None:
-    import socket
 
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
+    closed = free_port()  # nothing listens on it
     options = RunOptions(
-        manifest=str(_manifest(tmp_path / "m.csv", [f"row {i}" for i in range(6)])),
+        manifest=str(
+            write_manifest(tmp_path / "m.csv", prompt_rows([f"row {i}" for i in range(6)]))
+        ),
         out=str(tmp_path / "out"),
         base_url=f"http://127.0.0.1:{closed}",
         submit_rate=1000,

@@ -7,7 +7,6 @@ the ledger, as every later run's is); no Prefect server is involved.
 from __future__ import annotations
 
 import asyncio
-import csv
 import http.server
 import json
 import sqlite3
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.manifests import prompt_rows, write_manifest
 
 from apimart import retry
 from apimart.errors import PermissionDeniedError
@@ -51,22 +51,15 @@ def sandbox(faults: Faults | None = None) -> Iterator[RunningSandbox]:
         yield sb
 
 
-def write_manifest(path: Path, prompts: list[str]) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "prompt", "duration", "resolution"])
-        for i, prompt in enumerate(prompts):
-            writer.writerow([f"r{i}", prompt, 4, "720p"])
-    return path
-
-
 @asynccontextmanager
 async def a_run(
     tmp_path: Path, sb: RunningSandbox, prompts: list[str], **options: Any
 ) -> AsyncIterator[tuple[str, Runtime]]:
     """One run into `tmp_path/out` (the same folder every time), as the flow opens it."""
     values: dict[str, Any] = {
-        "manifest": str(write_manifest(tmp_path / "m.csv", prompts)),
+        "manifest": str(
+            write_manifest(tmp_path / "m.csv", prompt_rows(prompts, resolution="720p"))
+        ),
         "out": str(tmp_path / "out"),
         "base_url": sb.url,
         "poll_initial_delay": 0.05,

@@ -7,7 +7,6 @@ count (a POST to a route it does not have), a counting HTTP proxy in front of it
 from __future__ import annotations
 
 import asyncio
-import csv
 import http.server
 import threading
 import time
@@ -17,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pyarrow.parquet as pq
 import pytest
+from support.manifests import prompt_rows, write_manifest
+from support.outputs import ledger_rows, results
+from support.runs import fast_options
 
 from apimart import retry
 from apimart.sandbox import FaultRule, Faults, RunningSandbox, SandboxConfig, run_in_thread
 from flows.generate import generate_videos
 from tasks.gate import RunStopped
-from tasks.ledger import DOUBTFUL, Ledger, RowRecord, State
-from tasks.options import RunOptions
+from tasks.ledger import DOUBTFUL, RowRecord, State
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 
@@ -87,48 +87,20 @@ def counting_proxy(target: str) -> Iterator[tuple[str, list[tuple[str, str]]]]:
         upstream.close()
 
 
-def write_manifest(path: Path, prompts: list[str]) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "prompt", "duration"])
-        for i, prompt in enumerate(prompts):
-            writer.writerow([f"r{i}", prompt, 4])
-    return path
-
-
-def options(manifest: Path, out: Path, base_url: str, **extra: Any) -> RunOptions:
-    values: dict[str, Any] = {
-        "manifest": str(manifest),
-        "out": str(out),
-        "base_url": base_url,
-        "poll_initial_delay": 0.1,
-        "poll_interval": 0.1,
-        "submit_rate": 200.0,
-        "report": False,
-    }
-    values.update(extra)
-    return RunOptions(**values)
-
-
-def results(out: Path) -> dict[str, dict[str, Any]]:
-    return {r["id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
-
-
-def ledger_rows(out: Path) -> dict[str, RowRecord]:
-    with Ledger(out, readonly=True) as ledger:
-        return ledger.all()
+def manifest_of(path: Path, prompts: list[str]) -> Path:
+    return write_manifest(path, prompt_rows(prompts))
 
 
 async def test_a_wrong_base_url_costs_one_post_and_leaves_every_row_never_sent(
     tmp_path: Path,
 ) -> None:
     """Base URL ending in /v1: the run stops at the first 404, naming the URL; one POST only."""
-    manifest = write_manifest(tmp_path / "m.csv", [f"row {i}" for i in range(5)])
+    manifest = manifest_of(tmp_path / "m.csv", [f"row {i}" for i in range(5)])
     out = tmp_path / "out"
     with sandbox() as sb, counting_proxy(sb.url) as (proxy, seen):
         wrong = f"{proxy}/v1"
         with pytest.raises(RunStopped, match=f"{wrong}/v1/videos/generations"):
-            await generate_videos(options=options(manifest, out, wrong, concurrency=5))
+            await generate_videos(options=fast_options(manifest, out, wrong, concurrency=5))
         assert seen == [("POST", "/v1/v1/videos/generations")]
         rows = ledger_rows(out)
         assert {r.state for r in rows.values()} == {State.PENDING}
@@ -136,7 +108,7 @@ async def test_a_wrong_base_url_costs_one_post_and_leaves_every_row_never_sent(
         assert {r["status"] for r in results(out).values()} == {"not_submitted"}
         assert sb.state.counters.snapshot()["tasks_created"] == 0
 
-        outcome = await generate_videos(options=options(manifest, out, proxy, concurrency=5))
+        outcome = await generate_videos(options=fast_options(manifest, out, proxy, concurrency=5))
         assert outcome["completed"] == 5
         created = sb.state.counters.snapshot()["tasks_created_by_prompt"]
         assert created == {f"row {i}": 1 for i in range(5)}
@@ -162,15 +134,15 @@ async def test_an_hour_long_retry_after_stops_sending_while_in_flight_tasks_fini
     out = tmp_path / "out"
     with sandbox(Faults(hold_tasks=True, retry_after_s=3600)) as sb:
         # A first run leaves r0's task running (held) and its id in the ledger.
-        first = write_manifest(tmp_path / "first.csv", ["in flight"])
-        await generate_videos(options=options(first, out, sb.url, poll_timeout=0.3))
+        first = manifest_of(tmp_path / "first.csv", ["in flight"])
+        await generate_videos(options=fast_options(first, out, sb.url, poll_timeout=0.3))
         assert ledger_rows(out)["r0"].state == State.TIMEOUT
 
         sb.config.faults.submit_429 = FaultRule(rate=1.0, prompt_contains="THROTTLE")
-        manifest = write_manifest(tmp_path / "m.csv", ["in flight", "THROTTLE a", "THROTTLE b"])
+        manifest = manifest_of(tmp_path / "m.csv", ["in flight", "THROTTLE a", "THROTTLE b"])
         before = sb.state.counters.snapshot()["submit_requests"]
         started = time.monotonic()
-        run = asyncio.ensure_future(generate_videos(options=options(manifest, out, sb.url)))
+        run = asyncio.ensure_future(generate_videos(options=fast_options(manifest, out, sb.url)))
 
         def closed(rows: dict[str, RowRecord]) -> bool:
             return all(
@@ -197,7 +169,7 @@ async def test_an_hour_long_retry_after_stops_sending_while_in_flight_tasks_fini
         assert sb.state.counters.snapshot()["submit_requests"] - before == 1
 
         sb.config.faults.submit_429 = FaultRule()
-        outcome = await generate_videos(options=options(manifest, out, sb.url))
+        outcome = await generate_videos(options=fast_options(manifest, out, sb.url))
         assert outcome["completed"] == 3
         created = sb.state.counters.snapshot()["tasks_created_by_prompt"]
         assert created == {"in flight": 1, "THROTTLE a": 1, "THROTTLE b": 1}

@@ -1,16 +1,19 @@
-"""Helpers shared by the sandbox's own tests (imported by name: tests/ has no packages)."""
+"""Helpers shared by the sandbox's own tests (imported by name: tests/ has no packages).
+
+`unique` comes from tests/support/ and is re-exported here.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
 import time
-import uuid
 from typing import Any
 
 import av
 import httpx
 import numpy as np
+from support.names import unique as unique
 
 from apimart import spec
 from apimart.sandbox import RunningSandbox
@@ -39,10 +42,6 @@ def png_bytes(
 
 def data_uri(image: bytes, kind: str = "png") -> str:
     return f"data:image/{kind};base64,{base64.b64encode(image).decode()}"
-
-
-def unique(text: str = "a red fox running through snow") -> str:
-    return f"{text} #{uuid.uuid4().hex[:8]}"
 
 
 def body(**fields: Any) -> dict[str, Any]:
