@@ -28,8 +28,13 @@
     ├── SubmitOutcomeUnknown          a paid POST may or may not have created a task
     │                                 (.idempotency_key, .cause): never resend blindly
     └── DownloadError                 a video could not be fetched or is not a video
-        ├── LinkExpiredError          403/404/410 or past expires_at: ask for a fresh link
-        └── DownloadIntegrityError    wrong content type, short body, too large
+        ├── LinkExpiredError          the CDN answered 403/404/410: ask for a fresh link (one
+        │                             past expires_at by our clock is still tried once)
+        ├── DownloadIntegrityError    wrong content type, markup, short body, too large
+        ├── DownloadUnavailable       the CDN or network kept failing through every try
+        │                             (in apimart.download)
+        └── UnsafeDownloadURL         the link or a redirect leads to a non-public host
+                                      (in apimart.download; also a netguard.UnsafeURL)
 
 Only `raise_for_response` turns an HTTP response into an `APIStatusError`, so every caller
 sees the same mapping. Messages never carry the API key (in any form: `apimart.redact`) or a
@@ -168,7 +173,7 @@ class DownloadError(APIMartError):
 
 
 class LinkExpiredError(DownloadError):
-    """The signed link is past its expiry or refused (403/404/410): query the task again."""
+    """The CDN refused the signed link (403/404/410): query the task again for a fresh one."""
 
 
 class DownloadIntegrityError(DownloadError):

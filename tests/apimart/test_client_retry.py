@@ -9,17 +9,20 @@ from apimart.retry import RetryAfterTooLong, RetryPolicy
 
 
 def test_backoff_grows_then_caps() -> None:
+    """Backoff doubles from the initial wait on each try and stops growing at max_wait."""
     policy = RetryPolicy(initial_wait=1.0, multiplier=2.0, max_wait=5.0, jitter=0.0)
     assert [policy.backoff(n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
 
 
 def test_jitter_stays_within_bounds() -> None:
+    """Jitter adds between 0 and `jitter` seconds to a wait, never more, and it varies."""
     policy = RetryPolicy(initial_wait=1.0, multiplier=1.0, max_wait=1.0, jitter=0.5)
     waits = {policy.backoff(1) for _ in range(200)}
     assert all(1.0 <= w <= 1.5 for w in waits) and len(waits) > 1
 
 
 def test_retry_after_replaces_backoff_up_to_the_cap() -> None:
+    """A Retry-After up to max_retry_after replaces the backoff; a longer one ends retrying."""
     policy = RetryPolicy(jitter=0.0, max_wait=1.0, max_retry_after=60.0)
     assert policy.backoff(1, retry_after=45.0) == 45.0
     with pytest.raises(RetryAfterTooLong):
@@ -27,6 +30,7 @@ def test_retry_after_replaces_backoff_up_to_the_cap() -> None:
 
 
 def test_attempts_count_the_first_try() -> None:
+    """`attempts` counts the first try: three attempts allow two retries."""
     policy = RetryPolicy(attempts=3)
     assert [policy.can_retry(n) for n in (1, 2, 3)] == [True, True, False]
 
@@ -57,6 +61,7 @@ def test_a_zero_wait_policy_never_sleeps_but_honours_retry_after() -> None:
 
 @pytest.mark.parametrize("field", ["initial_wait", "multiplier", "max_wait", "jitter"])
 def test_negative_settings_are_refused(field: str) -> None:
+    """A negative wait, multiplier, jitter or cap, or zero attempts, is refused at once."""
     with pytest.raises(ValueError):
         RetryPolicy(**{field: -1.0})  # type: ignore[arg-type]
     with pytest.raises(ValueError):

@@ -27,8 +27,7 @@ ONCE = FaultRule(rate=1.0, times=1)
 async def test_canary_key_appears_nowhere(
     make_sandbox: MakeSandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Through throttling, drops, 5xx, cut and fake downloads, a 404 and a 401, at DEBUG, no
-    message, repr, traceback or log record holds the key in any form."""
+    """No message, repr, traceback or DEBUG record of a faulty run holds the key or a signature."""
     caplog.set_level(logging.DEBUG)
     sb = make_sandbox(
         Faults(

@@ -54,6 +54,7 @@ def created(sb: Sandbox, key: str) -> int:
 
 @pytest.mark.parametrize("shape", ["list", "object", "mixed"])
 async def test_submit_accepts_every_answer_shape(make_sandbox: MakeSandbox, shape: str) -> None:
+    """Every shape of the submit answer (list, object, mixed) yields the created task's id."""
     sb = make_sandbox(submit_shape=shape)
     async with client_for(sb) as client:
         for n in range(4):
@@ -67,6 +68,7 @@ async def test_submit_accepts_every_answer_shape(make_sandbox: MakeSandbox, shap
 
 
 async def test_submitted_task_completes(sandbox: Sandbox) -> None:
+    """A submitted task is polled to completed, with progress 100, a video and a cost."""
     async with client_for(sandbox) as client:
         result = await client.submit(VideoRequest.build(prompt=unique()), idempotency_key=new_key())
         task = await wait_until_done(client, result.task_id)
@@ -88,6 +90,7 @@ async def test_submitted_task_completes(sandbox: Sandbox) -> None:
     ],
 )
 async def test_bad_request_types(sandbox: Sandbox, fields: dict[str, Any], error_type: str) -> None:
+    """Each row the sandbox refuses is a 400 BadRequestError with its error_type; none created."""
     async with client_for(sandbox) as client:
         key = new_key()
         request = smuggle(VideoRequest.build(prompt=unique()), **fields)
@@ -99,6 +102,7 @@ async def test_bad_request_types(sandbox: Sandbox, fields: dict[str, Any], error
 
 
 async def test_wrong_key_is_authentication_error(sandbox: Sandbox) -> None:
+    """A wrong key's 401 is AuthenticationError after one POST, never retried."""
     transport = CountingTransport()
     async with client_for(sandbox, api_key="sk-wrong", transport=transport) as client:
         with pytest.raises(AuthenticationError) as caught:
@@ -109,6 +113,7 @@ async def test_wrong_key_is_authentication_error(sandbox: Sandbox) -> None:
 
 
 async def test_payment_required_creates_nothing(make_sandbox: MakeSandbox) -> None:
+    """A 402 is PaymentRequiredError (payment_required), and it creates no task."""
     sb = make_sandbox(Faults(payment_after=1))
     async with client_for(sb) as client:
         await client.submit(VideoRequest.build(prompt=unique()), idempotency_key="first")
@@ -119,6 +124,7 @@ async def test_payment_required_creates_nothing(make_sandbox: MakeSandbox) -> No
 
 
 async def test_429_then_success_creates_exactly_one_task(make_sandbox: MakeSandbox) -> None:
+    """A 429 is retried with the same key, and the retry creates exactly one task."""
     sb = make_sandbox(Faults(submit_429=ONCE))
     transport = CountingTransport()
     async with client_for(sb, transport=transport) as client:
@@ -131,6 +137,7 @@ async def test_429_then_success_creates_exactly_one_task(make_sandbox: MakeSandb
 async def test_429_exhausted_is_rate_limit_error_with_retry_after(
     make_sandbox: MakeSandbox,
 ) -> None:
+    """A 429 on every try ends as RateLimitError with its Retry-After, after `attempts` POSTs."""
     sb = make_sandbox(Faults(submit_429=ALWAYS, retry_after_s=0.05))
     transport = CountingTransport()
     async with client_for(sb, transport=transport, retry=instant(3)) as client:
@@ -143,6 +150,7 @@ async def test_429_exhausted_is_rate_limit_error_with_retry_after(
 
 
 async def test_retry_after_beyond_the_cap_gives_up_at_once(make_sandbox: MakeSandbox) -> None:
+    """A Retry-After longer than max_retry_after ends the submit at the first 429."""
     sb = make_sandbox(Faults(submit_429=ALWAYS, retry_after_s=300))
     transport = CountingTransport()
     policy = instant(5, max_retry_after=120)
@@ -154,6 +162,7 @@ async def test_retry_after_beyond_the_cap_gives_up_at_once(make_sandbox: MakeSan
 
 
 async def test_retry_after_is_really_waited(make_sandbox: MakeSandbox) -> None:
+    """With waits on, the client sleeps at least the server's Retry-After before resending."""
     sb = make_sandbox(Faults(submit_429=ONCE, retry_after_s=0.3))
     policy = RetryPolicy(jitter=0.0)
     previous = retry.waits_enabled()  # another test folder's fixture may have switched it off
@@ -184,6 +193,7 @@ async def test_retry_after_is_really_waited(make_sandbox: MakeSandbox) -> None:
 async def test_doubtful_outcomes_are_never_resent(
     make_sandbox: MakeSandbox, faults: Faults, read_timeout: float, cause: str
 ) -> None:
+    """A drop, late answer or 5xx after creation is SubmitOutcomeUnknown, POSTed only once."""
     sb = make_sandbox(faults)
     transport = CountingTransport()
     timeout = httpx.Timeout(5.0, read=read_timeout)
@@ -197,6 +207,8 @@ async def test_doubtful_outcomes_are_never_resent(
 
 
 async def test_unreadable_success_is_outcome_unknown() -> None:
+    """A 2xx whose body is not the API's answer is SubmitOutcomeUnknown, never a task."""
+
     # The sandbox never sends a broken 200, so a stand-in server does.
     def server(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, text="<html>welcome to the proxy</html>")
@@ -209,6 +221,7 @@ async def test_unreadable_success_is_outcome_unknown() -> None:
 
 
 async def test_connect_failure_is_retried_without_duplicates(sandbox: Sandbox) -> None:
+    """Connections that never open are retried; the POST that arrives creates one task."""
     transport = CountingTransport(refuse_first=2)
     key = new_key()
     async with client_for(sandbox, transport=transport) as client:
@@ -218,6 +231,7 @@ async def test_connect_failure_is_retried_without_duplicates(sandbox: Sandbox) -
 
 
 async def test_connect_failure_exhausted_creates_nothing(sandbox: Sandbox) -> None:
+    """Connect failures on every try end as ConnectError; the server never saw a POST."""
     transport = CountingTransport(refuse_first=99)
     key = new_key()
     before = sandbox.state.counters.submit_requests
@@ -231,6 +245,7 @@ async def test_connect_failure_exhausted_creates_nothing(sandbox: Sandbox) -> No
 
 @pytest.mark.parametrize("key", ["", "has space", "naïve", "x" * 192, "tab\there"])
 async def test_bad_idempotency_key_is_refused_before_sending(sandbox: Sandbox, key: str) -> None:
+    """An empty, spaced, non-ASCII or over-long idempotency key is refused before sending."""
     transport = CountingTransport()
     async with client_for(sandbox, transport=transport) as client:
         with pytest.raises(RequestValidationError, match="idempotency_key"):
@@ -239,6 +254,7 @@ async def test_bad_idempotency_key_is_refused_before_sending(sandbox: Sandbox, k
 
 
 async def test_longest_idempotency_key_is_sent(sandbox: Sandbox) -> None:
+    """An idempotency key of the longest allowed length (191) is sent and creates one task."""
     async with client_for(sandbox) as client:
         key = new_key()[:11] + "k" * 180
         assert len(key) == 191
@@ -247,18 +263,21 @@ async def test_longest_idempotency_key_is_sent(sandbox: Sandbox) -> None:
 
 
 async def test_submit_wants_a_video_request(sandbox: Sandbox) -> None:
+    """submit takes only a VideoRequest: a plain dict is a TypeError."""
     async with client_for(sandbox) as client:
         with pytest.raises(TypeError):
             await client.submit({"prompt": "x"}, idempotency_key="k")  # type: ignore[arg-type]
 
 
 def test_missing_api_key_fails_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no api_key and no APIMART_API_KEY the client is refused, naming the variable."""
     monkeypatch.delenv("APIMART_API_KEY", raising=False)
     with pytest.raises(AuthenticationError, match="APIMART_API_KEY"):
         AsyncAPIMartClient(base_url="http://127.0.0.1:9")
 
 
 def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """APIMART_BASE_URL and APIMART_API_KEY configure a client; with no URL, the vendor's."""
     monkeypatch.setenv("APIMART_API_KEY", API_KEY)
     monkeypatch.setenv("APIMART_BASE_URL", "http://localhost:8123/")
     client = AsyncAPIMartClient()
@@ -269,6 +288,7 @@ def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.parametrize("url", ["http://api.apimart.ai", "ftp://127.0.0.1", "not a url"])
 def test_base_url_must_protect_the_key(url: str) -> None:
+    """A base URL over plain http off loopback, another scheme or no URL at all is refused."""
     with pytest.raises(RequestValidationError, match="base_url"):
         AsyncAPIMartClient(base_url=url, api_key=API_KEY)
 
@@ -280,8 +300,7 @@ def test_base_url_must_protect_the_key(url: str) -> None:
 async def test_base_url_ending_in_v1_is_endpoint_not_found_and_creates_nothing(
     make_sandbox: MakeSandbox, suffix: str
 ) -> None:
-    """A base URL that ends in /v1 (the plausible typo) meets the sandbox's real 404: the POST
-    raises EndpointNotFound naming the URL tried, is not retried, and creates no task."""
+    """A base URL ending in /v1 meets a real 404: EndpointNotFound, one POST, no task."""
     sb = make_sandbox()
     transport = CountingTransport()
     async with client_for(sb.url + suffix, transport=transport) as client:
@@ -296,8 +315,7 @@ async def test_base_url_ending_in_v1_is_endpoint_not_found_and_creates_nothing(
 
 
 async def test_405_on_the_post_is_endpoint_not_found(make_sandbox: MakeSandbox) -> None:
-    """A 405 to the POST (a gateway whose route takes GET only) is EndpointNotFound too, and
-    the sandbox behind it saw nothing."""
+    """A gateway's 405 to the POST is EndpointNotFound too, and the sandbox saw nothing."""
     sb = make_sandbox()
 
     def method_not_allowed(request: httpx.Request, n: int) -> httpx.Response:
@@ -319,8 +337,7 @@ def forbidden_by_waf(request: httpx.Request, n: int) -> httpx.Response:
 async def test_a_proxys_403_is_permission_denied_not_a_rejected_row(
     make_sandbox: MakeSandbox,
 ) -> None:
-    """A 403 from a proxy or WAF is PermissionDeniedError (an AuthenticationError: stop the run,
-    row never-sent), never BadRequestError (which would mark the row rejected for good)."""
+    """A proxy's 403 is PermissionDeniedError (stop the run), never BadRequestError, not retried."""
     sb = make_sandbox()
     proxy = ProxyTransport(forbidden_by_waf)
     async with client_for(sb, transport=proxy) as client:
@@ -335,8 +352,7 @@ async def test_a_proxys_403_is_permission_denied_not_a_rejected_row(
 
 
 async def test_408_then_success_creates_exactly_one_task(make_sandbox: MakeSandbox) -> None:
-    """A 408 (the proxy gave up reading the request) created nothing, so the POST is retried,
-    like a connect failure, and the retry reaches the sandbox, which creates one task."""
+    """A proxy's 408 created nothing, so the POST is retried and the retry creates one task."""
     sb = make_sandbox()
 
     def timed_out_first(request: httpx.Request, n: int) -> httpx.Response | None:
@@ -352,8 +368,7 @@ async def test_408_then_success_creates_exactly_one_task(make_sandbox: MakeSandb
 
 
 async def test_408_exhausted_is_a_connect_failure_not_unknown(make_sandbox: MakeSandbox) -> None:
-    """A 408 on every try ends, within the retry policy, as RequestTimeoutError: a
-    ConnectError (row never-sent), never SubmitOutcomeUnknown, and no task exists."""
+    """A 408 on every try ends as RequestTimeoutError (a ConnectError), never unknown."""
     sb = make_sandbox()
 
     def always_timed_out(request: httpx.Request, n: int) -> httpx.Response:

@@ -42,6 +42,7 @@ async def submit(client: AsyncAPIMartClient, prompt: str | None = None) -> str:
 async def test_completed_task_has_a_video_in_every_url_shape(
     make_sandbox: MakeSandbox, shape: str
 ) -> None:
+    """A completed task has one signed video, expiry, cost and times, in every URL shape."""
     sb = make_sandbox(url_shape=shape)
     async with client_for(sb) as client:
         ids = [await submit(client) for _ in range(4)]
@@ -56,6 +57,7 @@ async def test_completed_task_has_a_video_in_every_url_shape(
 
 
 async def test_running_task_is_not_terminal(sandbox: Sandbox) -> None:
+    """A task still running is not terminal and has no videos."""
     async with client_for(sandbox) as client:
         task = await client.get_task(await submit(client))
         assert task.status in ("submitted", "pending", "processing") and not task.is_terminal
@@ -63,6 +65,7 @@ async def test_running_task_is_not_terminal(sandbox: Sandbox) -> None:
 
 
 async def test_failed_task_reports_why_in_the_asked_language(make_sandbox: MakeSandbox) -> None:
+    """A failed task costs nothing and says why in the language asked for (zh)."""
     sb = make_sandbox(Faults(task_fail=FaultRule(rate=1.0)))
     async with client_for(sb) as client:
         task_id = await submit(client)
@@ -73,6 +76,7 @@ async def test_failed_task_reports_why_in_the_asked_language(make_sandbox: MakeS
 
 
 async def test_cancelled_task(make_sandbox: MakeSandbox) -> None:
+    """A cancelled task is terminal with status cancelled."""
     sb = make_sandbox(Faults(task_cancel=FaultRule(rate=1.0)))
     async with client_for(sb) as client:
         task = await wait_until_done(client, await submit(client))
@@ -80,6 +84,7 @@ async def test_cancelled_task(make_sandbox: MakeSandbox) -> None:
 
 
 async def test_unknown_status_counts_as_running(make_sandbox: MakeSandbox) -> None:
+    """An undocumented status (queued) counts as running, and the task still completes."""
     sb = make_sandbox(Faults(unknown_status=FaultRule(rate=1.0)), time_scale=0.004)
     async with client_for(sb) as client:
         task_id = await submit(client)
@@ -90,6 +95,7 @@ async def test_unknown_status_counts_as_running(make_sandbox: MakeSandbox) -> No
 
 
 async def test_query_5xx_is_retried(make_sandbox: MakeSandbox) -> None:
+    """Query 5xx answers are retried: the third try returns the task."""
     sb = make_sandbox(Faults(query_5xx=FaultRule(rate=1.0, times=2)))
     async with client_for(sb, retry=instant(3)) as client:
         task_id = await submit(client)
@@ -99,6 +105,7 @@ async def test_query_5xx_is_retried(make_sandbox: MakeSandbox) -> None:
 
 
 async def test_query_5xx_exhausted_is_server_error(make_sandbox: MakeSandbox) -> None:
+    """A 5xx on every query try ends as ServerError after `attempts` queries."""
     sb = make_sandbox(Faults(query_5xx=FaultRule(rate=1.0)))
     async with client_for(sb, retry=instant(4)) as client:
         task_id = await submit(client)
@@ -109,6 +116,7 @@ async def test_query_5xx_exhausted_is_server_error(make_sandbox: MakeSandbox) ->
 
 
 async def test_unknown_task_is_not_found_at_once(sandbox: Sandbox) -> None:
+    """An unknown task id is NotFoundError at once; an id holding ../ stays under /v1/tasks/."""
     transport = CountingTransport()
     async with client_for(sandbox, transport=transport) as client:
         with pytest.raises(NotFoundError):
@@ -121,12 +129,14 @@ async def test_unknown_task_is_not_found_at_once(sandbox: Sandbox) -> None:
 
 
 async def test_wrong_key_on_query(sandbox: Sandbox) -> None:
+    """A wrong key's 401 to a query is AuthenticationError."""
     async with client_for(sandbox, api_key="sk-wrong") as client:
         with pytest.raises(AuthenticationError):
             await client.get_task("task_x")
 
 
 async def test_query_connect_failures_are_retried(sandbox: Sandbox) -> None:
+    """Query connect failures are retried until one connects; failing every try, ConnectError."""
     async with client_for(sandbox) as client:
         task_id = await submit(client)
         transport = CountingTransport(refuse_first=2)
@@ -146,14 +156,14 @@ async def test_query_connect_failures_are_retried(sandbox: Sandbox) -> None:
 async def test_bad_arguments_are_refused(
     sandbox: Sandbox, task_id: str, language: str | None
 ) -> None:
+    """An empty task id or a language other than en, zh, ko or ja is RequestValidationError."""
     async with client_for(sandbox) as client:
         with pytest.raises(RequestValidationError):
             await client.get_task(task_id, language=language)
 
 
 async def test_query_408_is_retried_and_403_stops_at_once(sandbox: Sandbox) -> None:
-    """On the free query a proxy's 408 is retried until the sandbox answers; its 403 is
-    PermissionDeniedError (an AuthenticationError, so polling stops the run) at the first."""
+    """On a query a proxy's 408 is retried until the sandbox answers; its 403 stops at once."""
     async with client_for(sandbox) as client:
         task_id = await submit(client)
 

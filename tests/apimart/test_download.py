@@ -64,6 +64,7 @@ def leftovers(folder: Path) -> list[str]:
 
 
 async def test_download_whole_video(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A finished video downloads whole and decodable, its hash right, no temporary file left."""
     async with client_for(sandbox) as client:
         video = await finished_video(client, resolution="720p", aspect_ratio="9:16")
         dest = tmp_path / "out" / "clip.mp4"
@@ -78,6 +79,7 @@ async def test_download_whole_video(sandbox: Sandbox, tmp_path: Path) -> None:
 
 
 async def test_download_sends_no_api_key_to_the_cdn(sandbox: Sandbox, tmp_path: Path) -> None:
+    """CDN requests carry neither an Authorization header nor the key; API requests do."""
     transport = CountingTransport()
     async with client_for(sandbox, transport=transport) as client:
         video = await finished_video(client)
@@ -91,6 +93,7 @@ async def test_download_sends_no_api_key_to_the_cdn(sandbox: Sandbox, tmp_path: 
 
 
 async def test_download_replaces_an_existing_file(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A download replaces a file already at the destination and leaves nothing beside it."""
     async with client_for(sandbox) as client:
         video = await finished_video(client)
         dest = tmp_path / "clip.mp4"
@@ -104,6 +107,7 @@ async def test_download_replaces_an_existing_file(sandbox: Sandbox, tmp_path: Pa
 async def test_truncated_transfer_resumes_byte_identical(
     make_sandbox: MakeSandbox, tmp_path: Path, cuts: int
 ) -> None:
+    """A transfer cut 1 or 3 times resumes with Range requests into a byte-identical video."""
     sb = make_sandbox(Faults(download_truncate=FaultRule(rate=1.0, times=cuts)))
     transport = CountingTransport()
     async with client_for(sb, transport=transport) as client:
@@ -129,6 +133,7 @@ async def test_truncated_transfer_resumes_byte_identical(
 async def test_bad_bodies_are_rejected_and_nothing_kept(
     make_sandbox: MakeSandbox, tmp_path: Path, faults: Faults, match: str
 ) -> None:
+    """An always-short body or an HTML page is DownloadIntegrityError, and nothing is kept."""
     sb = make_sandbox(faults)
     async with client_for(sb) as client:
         video = await finished_video(client)
@@ -138,6 +143,7 @@ async def test_bad_bodies_are_rejected_and_nothing_kept(
 
 
 async def test_max_bytes_is_enforced(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A video larger than max_bytes is DownloadIntegrityError, and nothing is kept."""
     async with client_for(sandbox) as client:
         video = await finished_video(client)
         with pytest.raises(DownloadIntegrityError, match="limit"):
@@ -190,6 +196,7 @@ async def test_a_link_that_only_looks_expired_here_is_downloaded(
 
 
 async def test_deadline_is_enforced(make_sandbox: MakeSandbox, tmp_path: Path) -> None:
+    """A trickling CDN is cut off at the deadline with DownloadError, and nothing is kept."""
     sb = make_sandbox(Faults(trickle_bytes_per_s=2_000))
     async with client_for(sb) as client:
         video = await finished_video(client)
@@ -211,6 +218,7 @@ async def test_deadline_is_enforced(make_sandbox: MakeSandbox, tmp_path: Path) -
     ],
 )
 async def test_insecure_urls_are_refused(sandbox: Sandbox, tmp_path: Path, url: str) -> None:
+    """Plain-http, ftp, file and host-less links are refused, their signature never shown."""
     async with client_for(sandbox) as client:
         with pytest.raises(DownloadError) as caught:
             await client.download(url, tmp_path / "a.mp4")
@@ -219,6 +227,7 @@ async def test_insecure_urls_are_refused(sandbox: Sandbox, tmp_path: Path, url: 
 
 
 async def test_loopback_http_only_for_a_loopback_api(tmp_path: Path) -> None:
+    """A plain-http loopback link is refused when the API itself is not on loopback."""
     async with AsyncAPIMartClient(base_url="https://api.apimart.ai", api_key=API_KEY) as client:
         with pytest.raises(DownloadError, match="only https"):
             await client.download("http://127.0.0.1:1/cdn/videos/x.mp4?sig=S", tmp_path / "a.mp4")
@@ -240,6 +249,7 @@ class _CutStream(httpx.AsyncByteStream):
 
 
 async def test_range_answered_with_200_restarts_from_zero(tmp_path: Path) -> None:
+    """A resume answered 200 (Range ignored) starts over from byte 0 and yields the file."""
     seen: list[httpx.Request] = []
 
     def cdn(request: httpx.Request) -> httpx.Response:
@@ -274,6 +284,8 @@ async def test_a_gone_link_is_link_expired_and_not_retried(tmp_path: Path, statu
 
 @pytest.mark.parametrize("content_type", ["application/json", "text/plain", "image/png"])
 async def test_non_video_types_are_rejected(tmp_path: Path, content_type: str) -> None:
+    """A JSON, text or image Content-Type is DownloadIntegrityError, and nothing is kept."""
+
     def cdn(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, headers={"Content-Type": content_type}, content=BODY)
 
@@ -284,6 +296,8 @@ async def test_non_video_types_are_rejected(tmp_path: Path, content_type: str) -
 
 
 async def test_max_bytes_without_a_content_length(tmp_path: Path) -> None:
+    """A chunked body with no Content-Length is cut off at max_bytes; nothing is kept."""
+
     class Chunked(httpx.AsyncByteStream):
         async def __aiter__(self) -> AsyncIterator[bytes]:
             for _ in range(100):

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from apimart import errors
+from apimart.download import DownloadUnavailable, UnsafeDownloadURL
 
 URL = "https://api.apimart.ai/v1/videos/generations"
 
@@ -43,6 +44,7 @@ def api_error(status: int, kind: str, message: str = "nope") -> dict[str, object
     ],
 )
 def test_status_maps_to_one_error(status: int, kind: str, cls: type[errors.APIStatusError]) -> None:
+    """Each status maps to exactly one error class, keeping status, error type and message."""
     with pytest.raises(cls) as caught:
         errors.raise_for_response(answer(status, api_error(status, kind, "why it failed")))
     assert type(caught.value) is cls
@@ -52,10 +54,12 @@ def test_status_maps_to_one_error(status: int, kind: str, cls: type[errors.APISt
 
 
 def test_success_raises_nothing() -> None:
+    """A 2xx answer raises nothing."""
     errors.raise_for_response(answer(200, {"code": 200, "data": []}))
 
 
 def test_rate_limit_carries_retry_after() -> None:
+    """A 429 is RateLimitError carrying the Retry-After seconds and the error type."""
     with pytest.raises(errors.RateLimitError) as caught:
         errors.raise_for_response(
             answer(429, api_error(429, "rate_limit_error"), {"Retry-After": "7"})
@@ -65,6 +69,7 @@ def test_rate_limit_carries_retry_after() -> None:
 
 
 def test_error_body_that_is_not_json_still_maps() -> None:
+    """An HTML error body still maps by status (502 to ServerError), with no error type."""
     response = httpx.Response(
         502, text="<html>bad gateway</html>", request=httpx.Request("GET", URL)
     )
@@ -78,10 +83,12 @@ def test_error_body_that_is_not_json_still_maps() -> None:
     [(None, None), ("", None), ("3", 3.0), (" 2.5 ", 2.5), ("-4", 0.0), ("soon", None)],
 )
 def test_parse_retry_after_seconds(value: str | None, expected: float | None) -> None:
+    """Retry-After seconds parse as floats, negatives as 0, junk or absence as None."""
     assert errors.parse_retry_after(value) == expected
 
 
 def test_parse_retry_after_http_date() -> None:
+    """A Retry-After HTTP date means the seconds until it, and 0 once it is past."""
     now = 1_700_000_000.0
     header = email.utils.formatdate(now + 30, usegmt=True)
     assert errors.parse_retry_after(header, now=now) == pytest.approx(30.0)
@@ -89,6 +96,7 @@ def test_parse_retry_after_http_date() -> None:
 
 
 def test_redact_url_drops_the_signature() -> None:
+    """redact_url drops a signed link's query and fragment and leaves a plain URL alone."""
     signed = "https://cdn.example/videos/a.mp4?expires=1&sig=SECRETSIG#frag"
     shown = errors.redact_url(signed)
     assert "SECRETSIG" not in shown and "frag" not in shown
@@ -97,6 +105,7 @@ def test_redact_url_drops_the_signature() -> None:
 
 
 def test_messages_of_status_errors_redact_the_url() -> None:
+    """A status error's message shows the URL without its signed query."""
     request = httpx.Request("GET", "https://cdn.example/a.mp4?sig=SECRETSIG")
     with pytest.raises(errors.APIStatusError) as caught:
         errors.raise_for_response(httpx.Response(400, request=request))
@@ -104,14 +113,14 @@ def test_messages_of_status_errors_redact_the_url() -> None:
 
 
 def test_submit_outcome_unknown_names_its_key() -> None:
+    """SubmitOutcomeUnknown carries its idempotency key and cause, and names the key."""
     error = errors.SubmitOutcomeUnknown("lost", idempotency_key="row-7", cause="ReadTimeout")
     assert error.idempotency_key == "row-7" and error.cause == "ReadTimeout"
     assert "row-7" in str(error)
 
 
 def test_tree() -> None:
-    """The tree as drawn in the module docstring, including the deliberate 403 and 408 places:
-    a 403 stops the run like a 401, a 408 is handled like a connect failure."""
+    """The classes nest as the errors docstring draws them: 403 under 401, 408 under connect."""
     assert issubclass(errors.ConnectError, errors.TransportError)
     assert issubclass(errors.PermissionDeniedError, errors.AuthenticationError)
     assert not issubclass(errors.PermissionDeniedError, errors.BadRequestError)
@@ -121,14 +130,21 @@ def test_tree() -> None:
     assert issubclass(errors.EndpointNotFound, errors.NotFoundError)
     for cls in (errors.PermissionDeniedError, errors.RequestTimeoutError):
         assert cls.__name__ in (errors.__doc__ or ""), f"{cls.__name__} is not in the tree"
-    assert issubclass(errors.LinkExpiredError, errors.DownloadError)
-    assert issubclass(errors.DownloadIntegrityError, errors.DownloadError)
+    for cls in (
+        errors.LinkExpiredError,
+        errors.DownloadIntegrityError,
+        DownloadUnavailable,
+        UnsafeDownloadURL,
+    ):
+        assert issubclass(cls, errors.DownloadError)
+        assert cls.__name__ in (errors.__doc__ or ""), f"{cls.__name__} is not in the tree"
     assert issubclass(errors.RequestValidationError, ValueError)
     for cls in (errors.SubmitOutcomeUnknown, errors.ProtocolError, errors.APIStatusError):
         assert issubclass(cls, errors.APIMartError)
 
 
 def test_an_echoed_api_key_is_scrubbed_from_the_message() -> None:
+    """A key the API echoes back in a 401 body is redacted from the error message."""
     import httpx
 
     from apimart.errors import AuthenticationError, raise_for_response

@@ -39,8 +39,7 @@ def assert_holds_no_part_of(text: str, key: str) -> None:
 def test_unsendable_key_is_refused_at_construction_and_sends_nothing(
     make_sandbox: MakeSandbox, key: str
 ) -> None:
-    """A key with a line break, space, tab, NUL or non-ASCII character stops the client before
-    any request, with a message that names the rule and holds no part of the key."""
+    """A header-unsafe key is refused at construction, naming the rule, not the key; none sent."""
     sb = make_sandbox()
     with pytest.raises(AuthenticationError) as caught:
         AsyncAPIMartClient(base_url=sb.url, api_key=key)
@@ -90,8 +89,7 @@ def test_check_api_key_refuses_a_missing_key(key: str | None) -> None:
 
 
 async def test_a_key_with_surrounding_whitespace_is_stripped_and_works(sandbox: Sandbox) -> None:
-    """A key read from a file with its final newline (`$(cat key.txt)` keeps none, a secrets
-    file often does) is stripped, accepted and sent as the plain key."""
+    """A key with surrounding whitespace (a secrets file's newline) is stripped and works."""
     assert check_api_key(f"  {API_KEY}\n") == API_KEY
     async with client_for(sandbox, api_key=f"{API_KEY}\r\n") as client:
         result = await client.submit(VideoRequest.build(prompt=unique()), idempotency_key=new_key())
@@ -118,9 +116,7 @@ class InjectingTransport(httpx.AsyncBaseTransport):
 
 
 async def test_a_request_h11_refuses_is_never_sent_not_unknown(make_sandbox: MakeSandbox) -> None:
-    """An Authorization header h11 refuses to write (the issue's key) makes the POST an
-    UnsendableRequest, not SubmitOutcomeUnknown; no form of the key is in its text, and the
-    sandbox saw no request."""
+    """A header h11 refuses to write is UnsendableRequest (not unknown), unquoted, not retried."""
     sb = make_sandbox()
     key = BAD_KEYS["line-break"]
     transport = InjectingTransport("Authorization", f"Bearer {key}")
@@ -140,8 +136,7 @@ async def test_a_request_h11_refuses_is_never_sent_not_unknown(make_sandbox: Mak
 
 
 async def test_an_illegal_user_agent_is_never_sent_not_unknown(make_sandbox: MakeSandbox) -> None:
-    """A user agent with a line break (a header injection) is refused by h11 for real: the
-    POST is UnsendableRequest, names no header value, and the sandbox saw nothing."""
+    """A user agent with a line break is UnsendableRequest, quotes no header, sends nothing."""
     sb = make_sandbox()
     async with client_for(sb, user_agent="videobatch/1\r\nX-Injected: yes") as client:
         with pytest.raises(UnsendableRequest) as caught:

@@ -56,8 +56,7 @@ around = st.text(max_size=20)
 @settings(max_examples=300, deadline=None)
 @given(key=keys, before=around, after=around)
 def test_scrub_removes_every_encoding_of_any_key(key: str, before: str, after: str) -> None:
-    """Whatever the key (any characters, line breaks included) and whatever surrounds it, no
-    encoding of it survives `scrub`."""
+    """No encoding of any key survives `scrub`, whatever it holds and whatever surrounds it."""
     for name, form in encodings(key).items():
         text = scrub(f"{before}{form}{after}", [key])
         assert form not in text, name
@@ -68,8 +67,7 @@ def test_scrub_removes_every_encoding_of_any_key(key: str, before: str, after: s
 def test_scrub_removes_a_key_base64_encoded_at_any_offset(
     key: str, prefix: bytes, suffix: bytes
 ) -> None:
-    """A key inside a longer base64 text (a header dump, `Authorization: Bearer ...`) is
-    scrubbed wherever it starts: base64 groups shift with the offset."""
+    """A key base64-encoded inside a longer text is scrubbed at whatever offset it starts."""
     text, middle = base64_middle(prefix, key, suffix)
     if len(middle) >= 8:
         assert middle not in scrub(text, [key])
@@ -114,8 +112,7 @@ def debug_log() -> Iterator[tuple[logging.Logger, io.StringIO]]:
 def test_every_form_is_scrubbed_from_debug_records(
     debug_log: tuple[logging.Logger, io.StringIO],
 ) -> None:
-    """Each form of the key, logged at DEBUG as message, argument or part of a signed URL,
-    reaches the handler's output redacted."""
+    """Every form of the key, and a link's signature, logged at DEBUG reach the handler redacted."""
     logger, stream = debug_log
     install_redaction(API_KEY, ISSUE_KEY)
     for key in (API_KEY, ISSUE_KEY):
@@ -135,8 +132,7 @@ def test_every_form_is_scrubbed_from_debug_records(
 def test_a_logged_traceback_of_h11s_refusal_is_scrubbed(
     debug_log: tuple[logging.Logger, io.StringIO], sandbox: Sandbox
 ) -> None:
-    """h11's own error for the issue's key, logged with its traceback at DEBUG, shows no form
-    of the key: the filter scrubs the formatted exception too."""
+    """h11's refusal of the issue's key, logged with its traceback at DEBUG, shows no form of it."""
     logger, stream = debug_log
     install_redaction(ISSUE_KEY)
     with httpx.Client(base_url=sandbox.url) as raw:
@@ -164,8 +160,7 @@ def test_installing_again_replaces_the_filter(
 
 
 def test_a_status_error_scrubs_every_echoed_form_of_the_key() -> None:
-    """A gateway that echoes the Authorization header, percent-encoded or base64, in its error
-    body gets it scrubbed from the exception message (`raise_for_response` uses `scrub`)."""
+    """A gateway's error body echoing the key, percent-encoded or base64, is scrubbed away."""
     request = httpx.Request(
         "POST",
         "https://api.example/v1/videos/generations",
