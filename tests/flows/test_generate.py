@@ -9,7 +9,13 @@ from typing import Any
 import av
 import pyarrow.parquet as pq
 import pytest
-from flowkit import API_KEY, fast_options, write_manifest
+from flowkit import (
+    assert_no_canary,
+    assert_no_canary_in_files,
+    debug_logs_to_prefect,
+    fast_options,
+    write_manifest,
+)
 
 from apimart.sandbox import FaultRule, Faults
 from flows.generate import generate_videos
@@ -259,6 +265,8 @@ async def test_poll_timeout_keeps_the_task_and_resumes(
 async def test_canary_key_reaches_no_file_log_or_artifact(
     make_sandbox: MakeSandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """With DEBUG logging, no form of the key nor a URL signature reaches a file under OUT, a
+    log record, a Prefect log line or an artifact, across renewals and failures."""
     sb = make_sandbox(
         Faults(
             expired_urls=FaultRule(rate=1.0, times=1),
@@ -270,16 +278,16 @@ async def test_canary_key_reaches_no_file_log_or_artifact(
     )
     out = tmp_path / "out"
     caplog.set_level(logging.DEBUG)
-    await generate_videos(options=fast_options(manifest, out, sb.url, report=True))
+    with debug_logs_to_prefect():
+        await generate_videos(options=fast_options(manifest, out, sb.url, report=True))
 
+    assert_no_canary_in_files(out)
     for path in out.rglob("*"):
         if path.is_file():
-            data = path.read_bytes()
-            assert API_KEY.encode() not in data, path
-            assert b"sig=" not in data, path
-    for record in caplog.records:
-        text = record.getMessage()
-        assert API_KEY not in text and "sig=" not in text, text
+            assert b"sig=" not in path.read_bytes(), path
+    texts = [record.getMessage() for record in caplog.records]
+    assert_no_canary(texts, "a log record")
+    assert not [text for text in texts if "sig=" in text]
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -292,11 +300,12 @@ async def test_canary_key_reaches_no_file_log_or_artifact(
     assert artifacts, "the run published no artifacts"
     kinds = {a.type for a in artifacts}
     assert {"progress", "table", "markdown"} <= kinds
-    for artifact in artifacts:
-        blob = f"{artifact.data} {artifact.description}"
-        assert API_KEY not in blob and "sig=" not in blob
-    for log in logs:
-        assert API_KEY not in log.message and "sig=" not in log.message
+    blobs = [f"{artifact.data} {artifact.description}" for artifact in artifacts]
+    assert_no_canary(blobs, "an artifact")
+    assert not [blob for blob in blobs if "sig=" in blob]
+    assert any(log.level <= logging.DEBUG for log in logs), "no DEBUG line reached the API"
+    assert_no_canary([log.message for log in logs], "a Prefect log line")
+    assert not [log.message for log in logs if "sig=" in log.message]
 
 
 async def test_a_changed_manifest_is_refused_before_anything_is_sent(
