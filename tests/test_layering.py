@@ -50,15 +50,18 @@ def violations(package: str, forbidden: set[str]) -> list[str]:
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_package_imports_only_from_floors_below(package: str) -> None:
+    """No floor imports a floor above it (nor Prefect, pandas or pyarrow in apimart)."""
     assert (ROOT / package / "__init__.py").exists()
     assert violations(package, FORBIDDEN[package]) == []
 
 
 def test_sandbox_never_imports_the_client() -> None:
+    """The sandbox never imports our API client, so the two can disagree."""
     assert violations("apimart/sandbox", SANDBOX_FORBIDDEN) == []
 
 
 def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
+    """The import checker finds plain and from-imports, so a violation cannot pass unseen."""
     bad = tmp_path / "bad.py"
     bad.write_text("import pandas\nfrom prefect import flow\n", encoding="utf-8")
     assert {"pandas", "prefect", "prefect.flow"} <= imported_modules(bad)

@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.usefixtures("prefect_api", "inbox_limit"), pytest.mark
 
 
 async def test_good_bad_and_unfinished_manifests(make_sandbox: MakeSandbox, tmp_path: Path) -> None:
+    """Good manifests run and are filed done, broken ones rejected, unfinished ones resumed."""
     sb = make_sandbox()
     box, out = tmp_path / "inbox", tmp_path / "out"
     drop(box, "good.csv", inbox_rows("good", 3))
@@ -53,6 +54,7 @@ async def test_good_bad_and_unfinished_manifests(make_sandbox: MakeSandbox, tmp_
 async def test_a_folder_in_use_is_left_for_the_next_tick(
     make_sandbox: MakeSandbox, tmp_path: Path
 ) -> None:
+    """A manifest whose output folder another run holds is left in the inbox as busy."""
     sb = make_sandbox()
     box, out = tmp_path / "inbox", tmp_path / "out"
     drop(box, "busy.csv", inbox_rows("busy", 1))
@@ -67,6 +69,7 @@ async def test_a_folder_in_use_is_left_for_the_next_tick(
 
 
 async def test_a_tick_that_finds_the_limit_taken_leaves_the_inbox_alone(tmp_path: Path) -> None:
+    """A tick that finds the inbox's concurrency limit taken touches nothing."""
     from prefect.concurrency.asyncio import concurrency
 
     box = tmp_path / "inbox"

@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 async def test_status_and_results_read_every_shard(
     make_sandbox: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """`status` and a results rebuild of a sharded folder read every shard, in manifest order."""
     sb = make_sandbox()
     rows = [{"id": f"s{i}", "prompt": f"shard row {i}", "duration": 4} for i in range(6)]
     rows.insert(2, {"id": "bad", "prompt": "five seconds", "duration": 5})

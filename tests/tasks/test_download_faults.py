@@ -96,8 +96,7 @@ def assert_logged_loudly(caplog: pytest.LogCaptureFixture, task_id: str) -> None
 async def test_an_undecodable_download_fails_the_row_and_leaves_no_mp4(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Bytes that are not a video: `download_failed` with a clear reason, fetched once, no
-    .mp4 left in videos/ (the bytes are kept hidden), and a later download replaces them."""
+    """Bytes that are not a video end the row download_failed, fetched once, no .mp4 left."""
     async with completed_row(tmp_path, Faults(download_garbage=ALWAYS)) as (key, rt, sb):
         with caplog.at_level(logging.INFO):
             assert await download_task.fn(key, "r0") == State.DOWNLOAD_FAILED
@@ -119,8 +118,7 @@ async def test_an_undecodable_download_fails_the_row_and_leaves_no_mp4(
 async def test_a_video_unlike_the_request_is_kept_and_flagged_video_mismatch(
     tmp_path: Path,
 ) -> None:
-    """A video of another size and length is paid for: kept, hashed, and marked
-    `video_mismatch` with what differs, in the ledger and the results table."""
+    """A paid video of another size or length is kept, hashed and flagged video_mismatch."""
     async with completed_row(tmp_path, Faults(video_mismatch=ALWAYS)) as (key, rt, _sb):
         assert await download_task.fn(key, "r0") == State.DOWNLOADED
         record = rt.ledger.get("r0")
@@ -139,8 +137,7 @@ async def test_a_video_unlike_the_request_is_kept_and_flagged_video_mismatch(
 async def test_a_link_that_only_looks_expired_here_is_downloaded_without_renewal(
     tmp_path: Path,
 ) -> None:
-    """Clock skew: a link past its expires_at by our clock but valid by the CDN's is fetched
-    as it is; the task is not queried again for a fresh one."""
+    """A link expired only by our skewed clock is fetched as it is, not renewed."""
     faults = Faults(cdn_clock_offset_s=-7200)  # the CDN's clock runs two hours behind
     async with completed_row(tmp_path, faults, url_ttl_s=3600) as (key, rt, sb):
         link = rt.links["r0"]
@@ -172,8 +169,7 @@ class OnlyThisMachine(httpx.AsyncBaseTransport):
 async def test_a_redirect_to_the_metadata_service_fails_the_row_not_the_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """SSRF: the CDN's redirect to 169.254.169.254 ends the row `download_failed` with the
-    refusal (no signed query in it) and the task id logged; nothing is sent there."""
+    """A CDN redirect to the metadata service fails the row, not the run; nothing goes there."""
     async with completed_row(tmp_path) as (key, rt, sb):
         transport = OnlyThisMachine()
         async with AsyncAPIMartClient(base_url=sb.url, api_key=KEY, transport=transport) as cl:
@@ -228,8 +224,7 @@ def fill_leaving(folder: Path, free: int) -> Path:
 async def test_a_disk_that_fills_mid_download_fails_the_row_and_a_rerun_recovers(
     tmp_path: Path, tiny_disk: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """ENOSPC mid-download: `download_failed` with the task id kept and logged, no partial
-    file left; once space is back, the next run downloads the video whole."""
+    """A disk that fills mid-download fails the row, leaves no partial file; a rerun recovers."""
     filler = fill_leaving(tiny_disk, free=16 * 1024)  # the 720p clip is about 25 KiB
     with run_in_thread(SandboxConfig(api_key=KEY, time_scale=0.002)) as sb:
         async with run_for(tmp_path, sb) as (key, rt):

@@ -35,8 +35,7 @@ def _manifest(path: Path, rows: int) -> Path:
 async def test_a_download_that_no_retry_can_cure_is_fetched_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str, reason: str
 ) -> None:
-    """Undecodable bytes or an HTML page: one CDN request per row, no Prefect retry, and
-    the row ends `download_failed` with its task id and the reason."""
+    """Undecodable bytes or an HTML page are fetched once, then the row is download_failed."""
     monkeypatch.setenv("APIMART_API_KEY", KEY)
     faults = Faults(**{fault: FaultRule(rate=1.0)})
     out = tmp_path / "out"
@@ -68,8 +67,7 @@ async def test_a_download_that_no_retry_can_cure_is_fetched_once(
 async def test_a_cdn_that_fails_past_the_clients_retries_is_retried_by_prefect(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Six 503s in a row outlast the client's five tries; the step's Prefect retry (a
-    transient failure) fetches the video after all."""
+    """A CDN failing past the client's five tries is retried by Prefect and fetched."""
     monkeypatch.setenv("APIMART_API_KEY", KEY)
     tries = retry.RetryPolicy().attempts
     faults = Faults(download_5xx=FaultRule(rate=1.0, times=tries + 1))

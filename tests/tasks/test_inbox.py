@@ -37,6 +37,7 @@ def drop(folder: Path, name: str, *, age: float = 60.0, text: str = MANIFEST) ->
 
 
 def test_waiting_manifests_oldest_first_and_only_manifests(tmp_path: Path) -> None:
+    """The inbox lists only manifest files, oldest first, not hidden, notes or filed ones."""
     box = tmp_path / "inbox"
     drop(box, "b.csv", age=30)
     drop(box, "a.parquet", age=90)
@@ -50,6 +51,7 @@ def test_waiting_manifests_oldest_first_and_only_manifests(tmp_path: Path) -> No
 
 
 def test_a_file_still_being_written_waits_for_the_settle_time(tmp_path: Path) -> None:
+    """A file changed less than the settle time ago is left until it has settled."""
     box = tmp_path / "inbox"
     fresh = drop(box, "fresh.csv", age=0)
     mtime = fresh.stat().st_mtime
@@ -58,11 +60,13 @@ def test_a_file_still_being_written_waits_for_the_settle_time(tmp_path: Path) ->
 
 
 def test_missing_inbox_is_created_empty(tmp_path: Path) -> None:
+    """A missing inbox folder is created and lists nothing."""
     assert waiting_manifests(tmp_path / "new") == []
     assert (tmp_path / "new").is_dir()
 
 
 def test_done_and_rejected_filing(tmp_path: Path) -> None:
+    """Done manifests move to done/; rejected ones to rejected/ with a note of why."""
     box = tmp_path / "inbox"
     good = drop(box, "good.csv")
     bad = drop(box, "bad.csv", text="not,a,manifest\n")
@@ -76,6 +80,7 @@ def test_done_and_rejected_filing(tmp_path: Path) -> None:
 
 
 def test_name_collisions_never_overwrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filed manifest never overwrites an earlier one of the same name, nor its note."""
     box = tmp_path / "inbox"
     monkeypatch.setattr(inbox.time, "strftime", lambda fmt: "20260101T000000")
     filed = [file_done(drop(box, "same.csv", text=f"id,prompt\nv{n},p\n")) for n in range(4)]
@@ -92,6 +97,7 @@ def test_name_collisions_never_overwrite(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_output_folder_is_the_stem_unless_another_manifest_owns_it(tmp_path: Path) -> None:
+    """A manifest's output folder is its stem unless another manifest's ledger owns it."""
     box, out = tmp_path / "inbox", tmp_path / "out"
     csv_manifest = drop(box, "a.csv")
     assert output_folder(out, csv_manifest) == out / "a"
@@ -108,6 +114,8 @@ def test_output_folder_is_the_stem_unless_another_manifest_owns_it(tmp_path: Pat
 
 
 def test_finished_means_every_row_final() -> None:
+    """A manifest is finished only when every row is final; the others are counted."""
+
     def table(*statuses: str) -> pa.Table:
         return pa.table({"status": list(statuses)})
 

@@ -22,6 +22,7 @@ from tasks.ledger import (
 
 
 def test_intent_then_task_id_survive_reopen(tmp_path: Path) -> None:
+    """The intent and then the task id recorded for a row are there after the ledger is reopened."""
     with Ledger(tmp_path) as ledger:
         ledger.ensure("a", 0)
         key = ledger.idempotency_key("a", "hash", 1)
@@ -42,12 +43,14 @@ def test_intent_then_task_id_survive_reopen(tmp_path: Path) -> None:
 
 
 def test_ledger_is_wal_with_full_sync(tmp_path: Path) -> None:
+    """The ledger database is opened in WAL journal mode."""
     Ledger(tmp_path).close()
     db = sqlite3.connect(tmp_path / "ledger.sqlite")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_idempotency_key_is_stable_per_attempt_and_folder(tmp_path: Path) -> None:
+    """A row's idempotency key is the same on every call, new per attempt, request and folder."""
     with Ledger(tmp_path / "one") as one, Ledger(tmp_path / "two") as two:
         k1 = one.idempotency_key("row", "h", 1)
         assert k1 == one.idempotency_key("row", "h", 1)
@@ -58,6 +61,7 @@ def test_idempotency_key_is_stable_per_attempt_and_folder(tmp_path: Path) -> Non
 
 
 def test_request_hash_follows_the_request() -> None:
+    """The request hash ignores case-only spellings and changes when the request does."""
     a = VideoRequest.build(prompt="x", resolution="1080P")
     b = VideoRequest.build(prompt="x", resolution="1080p")
     c = VideoRequest.build(prompt="x", resolution="720p")
@@ -74,6 +78,7 @@ def _die_mid_post(folder: str) -> None:
 
 
 def test_a_crash_between_intent_and_task_id_becomes_unknown(tmp_path: Path) -> None:
+    """A process killed between intent and task id leaves the row unknown, its cost at risk."""
     proc = multiprocessing.get_context("fork").Process(target=_die_mid_post, args=(str(tmp_path),))
     proc.start()
     proc.join()
@@ -93,6 +98,7 @@ def _hold_lock(folder: str, ready: multiprocessing.synchronize.Event) -> None:  
 
 
 def test_folder_lock_refuses_a_second_run_and_frees_on_death(tmp_path: Path) -> None:
+    """A second run on a locked folder is refused naming the holder; the lock dies with it."""
     ctx = multiprocessing.get_context("fork")
     ready = ctx.Event()
     proc = ctx.Process(target=_hold_lock, args=(str(tmp_path), ready))
@@ -107,6 +113,7 @@ def test_folder_lock_refuses_a_second_run_and_frees_on_death(tmp_path: Path) -> 
 
 
 def test_committed_cost_counts_real_costs_and_estimates_at_risk(tmp_path: Path) -> None:
+    """Committed cost is real costs plus estimates of rows in flight; spent is real costs."""
     with Ledger(tmp_path) as ledger:
         for i, (state, est, cost) in enumerate(
             [
@@ -126,6 +133,7 @@ def test_committed_cost_counts_real_costs_and_estimates_at_risk(tmp_path: Path) 
 
 
 def test_update_refuses_unknown_columns_and_rows(tmp_path: Path) -> None:
+    """Updating a column or a row the ledger does not have raises instead of passing."""
     with Ledger(tmp_path) as ledger:
         ledger.ensure("a", 0)
         with pytest.raises(KeyError):
@@ -135,6 +143,7 @@ def test_update_refuses_unknown_columns_and_rows(tmp_path: Path) -> None:
 
 
 def test_readonly_ledger_needs_an_existing_folder(tmp_path: Path) -> None:
+    """A read-only ledger of a folder nothing ran in is refused, saying so."""
     with pytest.raises(FileNotFoundError, match="nothing was run"):
         Ledger(tmp_path / "none", readonly=True)
 
@@ -142,6 +151,7 @@ def test_readonly_ledger_needs_an_existing_folder(tmp_path: Path) -> None:
 def test_a_video_whose_cost_was_never_reported_still_counts_at_its_estimate(
     tmp_path: Path,
 ) -> None:
+    """A downloaded video without a reported cost counts at its estimate; a failed one not."""
     with Ledger(tmp_path) as ledger:
         ledger.ensure("done", 0)
         ledger.update("done", state=State.DOWNLOADED, estimated_cost=0.3, cost=None)

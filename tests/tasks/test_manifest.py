@@ -61,6 +61,7 @@ def one_csv_row(folder: Path, header: str, line: str) -> ManifestRow:
 
 @pytest.mark.parametrize("bom", [False, True])
 def test_csv_with_and_without_bom_reads_every_cell_as_text(tmp_path: Path, bom: bool) -> None:
+    """A CSV reads alike with or without a BOM, every cell as text (leading zeros kept)."""
     path = write_csv(
         tmp_path,
         "id,prompt,duration,resolution,aspect_ratio,campaign\n"
@@ -82,6 +83,7 @@ def test_csv_with_and_without_bom_reads_every_cell_as_text(tmp_path: Path, bom: 
 
 
 def test_parquet_list_column_and_native_types(tmp_path: Path) -> None:
+    """Parquet lists and native numbers are read as such; a null duration takes the default."""
     (tmp_path / "a.png").write_bytes(PNG)
     table = pa.table(
         {
@@ -105,6 +107,7 @@ def test_parquet_list_column_and_native_types(tmp_path: Path) -> None:
 
 
 def test_parquet_written_by_pandas_ignores_its_index_column(tmp_path: Path) -> None:
+    """The index column pandas writes into Parquet is neither a column nor an id."""
     import pandas as pd
 
     frame = pd.DataFrame({"prompt": ["A", "B"]}, index=[10, 20])
@@ -116,6 +119,7 @@ def test_parquet_written_by_pandas_ignores_its_index_column(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".ndjson"])
 def test_jsonl_reads_and_unions_keys(tmp_path: Path, suffix: str) -> None:
+    """JSON Lines skips blank lines; a key that any row has is a column of every row."""
     path = tmp_path / f"m{suffix}"
     path.write_text(
         '{"id": "a", "prompt": "A owl", "duration": 10}\n'
@@ -131,6 +135,7 @@ def test_jsonl_reads_and_unions_keys(tmp_path: Path, suffix: str) -> None:
 
 
 def test_column_names_match_case_insensitively_after_stripping(tmp_path: Path) -> None:
+    """Column names match whatever their case and surrounding spaces."""
     row = one_csv_row(tmp_path, " ID , Prompt ,DURATION,Resolution", "x1,A hill,10,4K")
     assert row.valid, row.message
     assert row.id == "x1"
@@ -142,6 +147,7 @@ def test_column_names_match_case_insensitively_after_stripping(tmp_path: Path) -
 
 
 def test_empty_cells_take_the_api_defaults(tmp_path: Path) -> None:
+    """Empty cells take the API's defaults for duration, resolution, aspect ratio and model."""
     row = one_csv_row(
         tmp_path,
         "id,prompt,duration,resolution,aspect_ratio,image_urls,video_urls,model",
@@ -164,6 +170,7 @@ def test_empty_cells_take_the_api_defaults(tmp_path: Path) -> None:
 
 
 def test_missing_id_column_names_rows_by_position(tmp_path: Path) -> None:
+    """Without an id column, rows are named row-00001, row-00002, ... by position."""
     manifest = read_manifest(write_csv(tmp_path, "prompt\nA\nB\nC\n"))
     assert [row.id for row in manifest.rows] == ["row-00001", "row-00002", "row-00003"]
     assert [row.index for row in manifest.rows] == [0, 1, 2]
@@ -172,6 +179,7 @@ def test_missing_id_column_names_rows_by_position(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", [6, 6.0, "6", " 6 ", "6.0", "+6"])
 def test_duration_accepts_integral_values(tmp_path: Path, value: object) -> None:
+    """A duration of 6 is accepted as int, float, text, padded text, "6.0" or "+6"."""
     row = one_row(tmp_path, duration=value)
     assert row.valid, row.message
     assert row.request is not None and row.request.duration == 6
@@ -179,6 +187,7 @@ def test_duration_accepts_integral_values(tmp_path: Path, value: object) -> None
 
 @pytest.mark.parametrize("value", [None, float("nan"), "", "  "])
 def test_duration_blank_means_default(tmp_path: Path, value: object) -> None:
+    """A blank or NaN duration means the default duration."""
     path = tmp_path / "m.parquet"
     if isinstance(value, float):
         pq.write_table(pa.table({"prompt": ["A"], "duration": [value]}), path)
@@ -191,6 +200,7 @@ def test_duration_blank_means_default(tmp_path: Path, value: object) -> None:
 
 @pytest.mark.parametrize("value", ["six", 6.5, "6.5", True, [6], "1e1"])
 def test_duration_unreadable_is_a_problem(tmp_path: Path, value: object) -> None:
+    """An unreadable duration is a problem naming the allowed values; the cell is kept as given."""
     row = one_row(tmp_path, duration=value)
     assert not row.valid
     assert row.request is None
@@ -199,6 +209,7 @@ def test_duration_unreadable_is_a_problem(tmp_path: Path, value: object) -> None
 
 
 def test_size_alias_and_conflict(tmp_path: Path) -> None:
+    """`size` stands for aspect_ratio; the two agreeing pass, disagreeing is a problem."""
     assert one_row(tmp_path, size="9:16").fields["aspect_ratio"] == "9:16"
     agree = one_row(tmp_path, size="9:16", aspect_ratio=" 9:16")
     assert agree.valid, agree.message
@@ -209,6 +220,7 @@ def test_size_alias_and_conflict(tmp_path: Path) -> None:
 
 
 def test_extra_columns_are_carried_through_raw(tmp_path: Path) -> None:
+    """Unknown columns are carried through unchanged, an invalid row's too."""
     manifest = read_manifest(
         write_csv(tmp_path, "campaign,prompt,Owner ,n\nspring, A , Ann ,\nautumn,\tB,,007\n")
     )
@@ -227,11 +239,13 @@ def test_extra_columns_are_carried_through_raw(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("good", ["a", "007", "A.b_c-d", "x" * 100])
 def test_safe_ids_pass(tmp_path: Path, good: str) -> None:
+    """Ids of letters, digits, dots, underscores and dashes up to 100 characters are valid."""
     assert one_row(tmp_path, id=good).valid
 
 
 @pytest.mark.parametrize("bad", ["bad id", "-lead", ".hidden", "a/b", "x" * 101, "é", "a!"])
 def test_unsafe_ids_are_problems_and_never_rewritten(tmp_path: Path, bad: str) -> None:
+    """An id that is not a safe file name is a problem naming it, never silently rewritten."""
     row = one_row(tmp_path, id=bad)
     assert not row.valid
     assert row.id == bad
@@ -239,6 +253,7 @@ def test_unsafe_ids_are_problems_and_never_rewritten(tmp_path: Path, bad: str) -
 
 
 def test_empty_id_cell_is_a_problem_not_a_generated_name(tmp_path: Path) -> None:
+    """An empty id cell is a problem, not a row-N name."""
     manifest = read_manifest(write_csv(tmp_path, "id,prompt\na,A\n,B\n"))
     row = manifest.rows[1]
     assert not row.valid
@@ -248,6 +263,7 @@ def test_empty_id_cell_is_a_problem_not_a_generated_name(tmp_path: Path) -> None
 
 
 def test_duplicates_keep_the_first_and_refuse_the_rest(tmp_path: Path) -> None:
+    """A repeated id (any case) is refused, naming the first row; the first one runs."""
     manifest = read_manifest(write_csv(tmp_path, "id,prompt\na,A\nb,B\na,C\nA,D\na,\n"))
     first, other, second, upper, third = manifest.rows
     assert first.valid and other.valid
@@ -259,6 +275,7 @@ def test_duplicates_keep_the_first_and_refuse_the_rest(tmp_path: Path) -> None:
 
 
 def test_numeric_ids_from_json_and_parquet_become_text(tmp_path: Path) -> None:
+    """Numeric ids from JSON or Parquet become text (7.0 reads as "7")."""
     assert one_row(tmp_path, id=7).id == "7"
     pq.write_table(pa.table({"id": [7.0], "prompt": ["A"]}), tmp_path / "m.parquet")
     assert read_manifest(tmp_path / "m.parquet").rows[0].id == "7"
@@ -287,6 +304,7 @@ def test_numeric_ids_from_json_and_parquet_become_text(tmp_path: Path) -> None:
     ],
 )
 def test_problem_types(tmp_path: Path, cells: dict[str, Any], column: str, fragment: str) -> None:
+    """Each rule a cell can break is reported on its column, in a message naming the row."""
     row = one_row(tmp_path, **cells)
     assert not row.valid and row.request is None
     assert fragment in row.problems[column], row.problems
@@ -294,6 +312,7 @@ def test_problem_types(tmp_path: Path, cells: dict[str, Any], column: str, fragm
 
 
 def test_every_broken_column_is_reported_in_manifest_order(tmp_path: Path) -> None:
+    """Every broken column of a row is reported, in the manifest's column order."""
     row = one_csv_row(
         tmp_path,
         "image_urls,resolution,duration,prompt,id",
@@ -310,6 +329,7 @@ def test_every_broken_column_is_reported_in_manifest_order(tmp_path: Path) -> No
 
 
 def test_invalid_rows_never_stop_the_others(tmp_path: Path) -> None:
+    """In invalid.csv the valid row stays valid and each other one is named with its rule."""
     manifest = read_manifest(DEMO / "invalid.csv")
     assert [row.id for row in manifest.valid_rows] == ["ok-first"]
     by_id = {row.index: row for row in manifest.invalid_rows}
@@ -328,6 +348,7 @@ def test_invalid_rows_never_stop_the_others(tmp_path: Path) -> None:
 
 
 def test_csv_image_cells_json_array_and_pipe_forms(tmp_path: Path) -> None:
+    """A CSV image cell may be a JSON array, a pipe-separated list or one URL, all alike."""
     (tmp_path / "a.png").write_bytes(PNG)
     manifest = read_manifest(
         write_csv(
@@ -347,6 +368,7 @@ def test_csv_image_cells_json_array_and_pipe_forms(tmp_path: Path) -> None:
 
 
 def test_local_png_becomes_a_data_uri_of_the_file(tmp_path: Path) -> None:
+    """A local PNG (relative to the manifest) is sent as a data URI of its exact bytes."""
     images = tmp_path / "images"
     images.mkdir()
     (images / "pic.png").write_bytes(PNG)
@@ -367,6 +389,7 @@ def test_local_png_becomes_a_data_uri_of_the_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("data", "kind"), [(JPEG_HEAD, "jpeg"), (WEBP_HEAD, "webp")])
 def test_jpeg_and_webp_are_judged_by_content(tmp_path: Path, data: bytes, kind: str) -> None:
+    """JPEG and WEBP files are recognised by their content, whatever their name."""
     (tmp_path / "photo.bin").write_bytes(data)
     row = one_row(tmp_path, image_urls=[str(tmp_path / "photo.bin")])  # absolute path
     assert row.request is not None, row.message
@@ -374,17 +397,20 @@ def test_jpeg_and_webp_are_judged_by_content(tmp_path: Path, data: bytes, kind: 
 
 
 def test_text_file_named_png_is_rejected(tmp_path: Path) -> None:
+    """A text file named .png is refused as not a PNG, JPEG or WEBP."""
     (tmp_path / "fake.png").write_text("not an image", encoding="utf-8")
     row = one_row(tmp_path, image_urls=["fake.png"])
     assert row.problems["image_urls"].startswith("entry 1 ('fake.png'): not a PNG, JPEG or WEBP")
 
 
 def test_gif_is_not_accepted(tmp_path: Path) -> None:
+    """A GIF image is refused."""
     (tmp_path / "a.gif").write_bytes(b"GIF89a" + b"\x00" * 20)
     assert "not a PNG" in one_row(tmp_path, image_urls=["a.gif"]).problems["image_urls"]
 
 
 def test_too_large_image_is_rejected(tmp_path: Path) -> None:
+    """An image one byte over the size limit is refused; one at the limit passes."""
     (tmp_path / "big.png").write_bytes(PNG)
     path = write_jsonl(tmp_path, [{"prompt": "A", "image_urls": ["big.png"]}])
     row = read_manifest(path, max_image_bytes=len(PNG) - 1).rows[0]
@@ -393,6 +419,7 @@ def test_too_large_image_is_rejected(tmp_path: Path) -> None:
 
 
 def test_missing_image_and_folder_are_rejected(tmp_path: Path) -> None:
+    """A missing image file or a folder in its place is refused, naming the path."""
     (tmp_path / "dir.png").mkdir()
     row = one_row(tmp_path, image_urls=["nope.png"])
     assert row.problems["image_urls"].startswith("entry 1 ('nope.png'): file not found (")
@@ -401,6 +428,7 @@ def test_missing_image_and_folder_are_rejected(tmp_path: Path) -> None:
 
 
 def test_every_bad_entry_and_the_count_are_reported(tmp_path: Path) -> None:
+    """Every bad image entry is named, and a wrong image count as well."""
     (tmp_path / "ok.png").write_bytes(PNG)
     row = one_row(tmp_path, image_urls=["ok.png", "a.png", "b.png", "c.png"])
     rule = row.problems["image_urls"]
@@ -452,6 +480,7 @@ def test_each_image_file_is_read_once_per_manifest(
 def test_unreadable_manifests_raise_one_clear_error(
     tmp_path: Path, name: str, content: bytes, fragment: str
 ) -> None:
+    """An unreadable manifest raises one error naming the file and what is wrong."""
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(ManifestError) as caught:
@@ -461,6 +490,7 @@ def test_unreadable_manifests_raise_one_clear_error(
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:
+    """A missing manifest and a folder given as the manifest are refused clearly."""
     with pytest.raises(ManifestError, match="no such file"):
         read_manifest(tmp_path / "absent.csv")
     (tmp_path / "dir.csv").mkdir()
@@ -469,6 +499,7 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
 
 
 def test_nameless_empty_trailing_column_is_ignored(tmp_path: Path) -> None:
+    """A trailing empty column without a name (a trailing comma) is ignored."""
     manifest = read_manifest(write_csv(tmp_path, "prompt,\nA,\n"))
     assert manifest.extra_columns == () and manifest.rows[0].valid
 
@@ -503,6 +534,7 @@ def test_demo_manifests_are_valid_and_agree() -> None:
 
 
 def test_ten_thousand_rows(tmp_path: Path) -> None:
+    """Ten thousand rows (some with images) all read valid, extras intact."""
     (tmp_path / "a.png").write_bytes(PNG)
     lines = ["id,prompt,duration,resolution,aspect_ratio,image_urls,campaign"]
     for n in range(10_000):
@@ -541,6 +573,7 @@ _cell = st.one_of(
     )
 )
 def test_any_cell_content_gives_rows_never_crashes(rows: list[dict[str, Any]]) -> None:
+    """Any cell content gives one row per line, valid exactly when it has no problems."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "m.jsonl"
         # allow_nan keeps NaN/Infinity cells, which Python's JSON reader accepts.

@@ -34,8 +34,7 @@ TRIES_PER_QUERY = retry.RetryPolicy().attempts
 async def test_a_retry_storm_ends_every_row_timeout_on_time_without_hammering(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every query 503 for many rows: all end `timeout` within their deadline, task ids kept,
-    and each row's queries stay within the back-off bound."""
+    """Under a storm of 503s every row ends timeout on time, its queries within back-off."""
     monkeypatch.setenv("APIMART_API_KEY", KEY)
     faults = Faults(query_5xx=FaultRule(rate=1.0))
     out = tmp_path / "out"

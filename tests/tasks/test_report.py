@@ -216,6 +216,7 @@ def report(tmp_path: Path) -> tuple[Path, pa.Table, str, Page]:
 
 
 def test_writes_the_file_and_returns_its_uri(report: tuple[Path, pa.Table, str, Page]) -> None:
+    """The report is written as report.html (no temporary file left) and its file URI returned."""
     out, _, uri, _ = report
     assert uri == (out / "report.html").resolve().as_uri()
     assert uri.startswith("file://")
@@ -223,6 +224,7 @@ def test_writes_the_file_and_returns_its_uri(report: tuple[Path, pa.Table, str, 
 
 
 def test_nothing_is_fetched_from_the_network(tmp_path: Path) -> None:
+    """The report loads nothing from the network and runs no script (CSP default-src 'none')."""
     table = results(tmp_path)
     write_report(tmp_path, table)
     text = (tmp_path / "report.html").read_text(encoding="utf-8")
@@ -237,6 +239,7 @@ def test_nothing_is_fetched_from_the_network(tmp_path: Path) -> None:
 
 
 def test_numbers_match_hand_computed_values(report: tuple[Path, pa.Table, str, Page]) -> None:
+    """The report's numbers (cost, rate, at risk, timings, breakdowns) match hand-computed ones."""
     _, table, _, _ = report
     numbers = report_numbers(table)
     assert numbers["rows"] == 9
@@ -270,6 +273,7 @@ def test_numbers_match_hand_computed_values(report: tuple[Path, pa.Table, str, P
 def test_numbers_agree_with_the_markdown_summary(
     report: tuple[Path, pa.Table, str, Page],
 ) -> None:
+    """The report's numbers are the same as the Markdown summary's."""
     _, table, _, _ = report
     numbers, summary = report_numbers(table), summarize(table)
     assert numbers["rows"] == summary.rows
@@ -281,6 +285,7 @@ def test_numbers_agree_with_the_markdown_summary(
 
 
 def test_page_shows_the_numbers(report: tuple[Path, pa.Table, str, Page]) -> None:
+    """The page shows each number as text and as a machine-readable data-value."""
     _, table, _, page = report
     numbers = report_numbers(table)
     assert page.text_of["total-videos"] == "4"
@@ -304,12 +309,14 @@ def test_page_shows_the_numbers(report: tuple[Path, pa.Table, str, Page]) -> Non
 
 
 def test_every_row_has_a_card_with_its_status(report: tuple[Path, pa.Table, str, Page]) -> None:
+    """Every row of the results has a card on the page carrying its status."""
     _, table, _, page = report
     expected = dict(zip(table["id"].to_pylist(), table["status"].to_pylist(), strict=True))
     assert {k: v["data-status"] for k, v in page.cards.items()} == expected
 
 
 def test_videos_get_thumbnails_and_links(report: tuple[Path, pa.Table, str, Page]) -> None:
+    """Each video gets its first frame inline as a JPEG and a link; rows without one get neither."""
     out, _, _, page = report
     for row_id in ("a1", "b2", "c3", "d4"):
         (src,) = page.card_imgs[row_id]
@@ -324,6 +331,7 @@ def test_videos_get_thumbnails_and_links(report: tuple[Path, pa.Table, str, Page
 
 
 def test_user_text_is_escaped(report: tuple[Path, pa.Table, str, Page]) -> None:
+    """Prompts and errors with HTML in them are escaped, never markup, yet kept whole."""
     out, _, _, page = report
     text = (out / "report.html").read_text(encoding="utf-8")
     assert "<script" not in text
@@ -335,6 +343,7 @@ def test_user_text_is_escaped(report: tuple[Path, pa.Table, str, Page]) -> None:
 
 
 def test_failures_are_grouped_by_reason(report: tuple[Path, pa.Table, str, Page]) -> None:
+    """Failures are listed grouped by status and reason, with counts."""
     out, _, _, _ = report
     text = (out / "report.html").read_text(encoding="utf-8")
     groups = dict(
@@ -350,6 +359,7 @@ def test_failures_are_grouped_by_reason(report: tuple[Path, pa.Table, str, Page]
 
 
 def test_reads_results_parquet_when_no_table_is_given(tmp_path: Path) -> None:
+    """Without a table the report is built from the folder's results.parquet."""
     table = results(tmp_path)
     pq.write_table(table, tmp_path / "results.parquet")
     uri = write_report(str(tmp_path))
@@ -360,6 +370,7 @@ def test_reads_results_parquet_when_no_table_is_given(tmp_path: Path) -> None:
 
 
 def test_a_broken_video_file_gets_a_placeholder(tmp_path: Path) -> None:
+    """A video file that does not decode gets no thumbnail but keeps its link."""
     (tmp_path / "videos").mkdir()
     (tmp_path / "videos/x.mp4").write_bytes(b"not a video")
     table = pa.Table.from_pylist(
@@ -374,6 +385,7 @@ def test_a_broken_video_file_gets_a_placeholder(tmp_path: Path) -> None:
 
 
 def test_an_empty_table_still_renders(tmp_path: Path) -> None:
+    """A results table with no rows still renders, with zeros and no timings."""
     write_report(tmp_path, SCHEMA.empty_table())
     page = Page()
     page.feed((tmp_path / "report.html").read_text(encoding="utf-8"))

@@ -90,6 +90,7 @@ def scripted(*states: State) -> Callable[[Path], list[State]]:
 async def test_a_run_that_completes_is_started_once(
     monkeypatch: pytest.MonkeyPatch, shard: RunOptions
 ) -> None:
+    """A shard whose run completes is started once, with its options, key, name and tag."""
     api = FakeApi([scripted(Pending(), Running(), Completed())], Path(shard.out))
     install(monkeypatch, api)
     outcome = await run_shard(0, shard, watch=WATCH, parent="p1", parent_name="big")
@@ -105,6 +106,7 @@ async def test_a_dead_run_is_marked_crashed_and_started_again(
     monkeypatch: pytest.MonkeyPatch, shard: RunOptions
 ) -> None:
     # Run 1 reads Running forever and nobody holds its folder: its process is gone.
+    """A run that reads Running with its folder unheld is marked Crashed and started again."""
     api = FakeApi([scripted(Running()), scripted(Running(), Completed())], Path(shard.out))
     install(monkeypatch, api)
     outcome = await run_shard(0, shard, watch=WATCH, parent="p1", parent_name="big")
@@ -117,6 +119,7 @@ async def test_a_dead_run_is_marked_crashed_and_started_again(
 async def test_a_live_run_holding_its_folder_is_left_alone(
     monkeypatch: pytest.MonkeyPatch, shard: RunOptions
 ) -> None:
+    """A run that holds its folder is never marked Crashed, however long it runs."""
     lock = FolderLock(Path(shard.out))
 
     def started(_folder: Path) -> list[State]:
@@ -135,6 +138,7 @@ async def test_a_live_run_holding_its_folder_is_left_alone(
 async def test_failed_runs_are_retried_up_to_attempts_but_cancelled_is_final(
     monkeypatch: pytest.MonkeyPatch, shard: RunOptions
 ) -> None:
+    """Failed runs are retried up to `attempts` runs in all; a cancelled run is final."""
     api = FakeApi([scripted(Failed())] * 3, Path(shard.out))
     install(monkeypatch, api)
     outcome = await run_shard(0, shard, watch=WATCH, parent="p", parent_name="n")

@@ -55,6 +55,7 @@ def options(manifest: Path, out: Path, **extra: Any) -> RunOptions:
 
 @pytest.mark.parametrize(("count", "total"), [(1, 0), (1, 7), (3, 10), (4, 40), (7, 9), (5, 5)])
 def test_split_evenly_covers_everything_with_sizes_one_apart(count: int, total: int) -> None:
+    """An even split covers every index once, in order, with sizes at most one apart."""
     ranges = split_evenly(count, total)
     assert len(ranges) == count
     assert ranges[0][0] == 0 and ranges[-1][1] == total
@@ -64,6 +65,7 @@ def test_split_evenly_covers_everything_with_sizes_one_apart(count: int, total: 
 
 
 def test_shards_hold_the_valid_rows_in_order(manifest: Path, tmp_path: Path) -> None:
+    """Shards hold every valid row once, in manifest order, each in an ordinary manifest."""
     plan = plan_shards(options(manifest, tmp_path / "out"), 4)
     assert len(plan.shards) == 4
     ids = [i for shard in plan.row_ids for i in shard]
@@ -81,6 +83,7 @@ def test_shards_hold_the_valid_rows_in_order(manifest: Path, tmp_path: Path) -> 
 
 
 def test_more_shards_than_rows_gives_one_row_each(tmp_path: Path) -> None:
+    """Asking for more shards than rows gives one shard per row, no empty ones."""
     small = write_manifest(tmp_path / "small.csv", manifest_rows(3))
     plan = plan_shards(options(small, tmp_path / "out"), 8)
     assert plan.row_ids == (("r000",), ("r001",), ("r002",))
@@ -89,6 +92,7 @@ def test_more_shards_than_rows_gives_one_row_each(tmp_path: Path) -> None:
 def test_budget_shares_follow_estimates_and_add_up_to_the_cap(
     manifest: Path, tmp_path: Path
 ) -> None:
+    """A cost cap is shared between shards by their estimates and adds up to the cap."""
     plan = plan_shards(options(manifest, tmp_path / "out", max_cost=3.0), 3)
     caps = [s.max_cost for s in plan.shards]
     assert all(c is not None for c in caps)
@@ -107,6 +111,7 @@ def test_budget_shares_follow_estimates_and_add_up_to_the_cap(
 
 
 def test_budget_shares_edge_cases() -> None:
+    """No cap stays no cap; zero estimates share evenly; a zero cap gives zero to each."""
     assert budget_shares(None, [1.0, 2.0]) == [None, None]
     assert budget_shares(2.0, [0.0, 0.0]) == [1.0, 1.0]
     assert budget_shares(0.0, [1.0, 3.0]) == [0.0, 0.0]
@@ -115,6 +120,7 @@ def test_budget_shares_edge_cases() -> None:
 def test_rerun_reuses_the_same_shards_whatever_count_it_asks(
     manifest: Path, tmp_path: Path
 ) -> None:
+    """A rerun keeps the first plan's shards and files, whatever count it asks for."""
     out = tmp_path / "out"
     first = plan_shards(options(manifest, out), 3)
     stamps = [Path(s.manifest).stat().st_mtime_ns for s in first.shards]
@@ -126,6 +132,7 @@ def test_rerun_reuses_the_same_shards_whatever_count_it_asks(
 
 
 def test_changed_manifest_is_refused(manifest: Path, tmp_path: Path) -> None:
+    """Planning again over a changed manifest is refused."""
     out = tmp_path / "out"
     plan_shards(options(manifest, out), 2)
     rows = manifest_rows(24)
@@ -135,6 +142,7 @@ def test_changed_manifest_is_refused(manifest: Path, tmp_path: Path) -> None:
 
 
 def test_a_shard_manifest_that_disagrees_with_the_plan(manifest: Path, tmp_path: Path) -> None:
+    """A shard manifest unlike its plan is rewritten before it ran, refused after."""
     out = tmp_path / "out"
     plan = plan_shards(options(manifest, out), 2)
     first, second = (Path(s.manifest) for s in plan.shards)
@@ -151,6 +159,7 @@ def test_a_shard_manifest_that_disagrees_with_the_plan(manifest: Path, tmp_path:
 def test_merge_is_in_manifest_order_with_paths_from_the_run_folder(
     manifest: Path, tmp_path: Path
 ) -> None:
+    """Merged results are in manifest order, unstarted shards not_submitted, paths from the top."""
     out = tmp_path / "out"
     plan = plan_shards(options(manifest, out), 3)
     # Shards finish in any order and only partly: shard 2 first, shard 1 never started.
@@ -185,6 +194,7 @@ def test_merge_is_in_manifest_order_with_paths_from_the_run_folder(
 
 
 def test_folder_holder_sees_a_live_lock_and_nothing_else(tmp_path: Path) -> None:
+    """The folder probe names a live lock's holder, sees none after release, leaves none."""
     folder = tmp_path / "shard"
     assert folder_holder(folder) is None  # never run
     lock = FolderLock(folder)

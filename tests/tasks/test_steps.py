@@ -56,6 +56,7 @@ async def runtime_for(
 
 
 async def test_one_row_through_all_three_steps(tmp_path: Path) -> None:
+    """One row is submitted, polled and downloaded intact; a second submit pays nothing."""
     async with runtime_for(tmp_path, ["a calm lake"]) as (key, rt, sb):
         assert await submit_task.fn(key, "r0") == State.SUBMITTED
         assert await poll_task.fn(key, "r0") == State.COMPLETED
@@ -71,6 +72,7 @@ async def test_one_row_through_all_three_steps(tmp_path: Path) -> None:
 
 
 async def test_throttled_submit_is_requeued_not_lost(tmp_path: Path) -> None:
+    """A submit throttled past the client's retries is sent again, once, and slows the gate."""
     faults = Faults(submit_429=FaultRule(rate=1.0, times=6), retry_after_s=0.01)
     async with runtime_for(tmp_path, ["throttled"], faults) as (key, rt, sb):
         # The client gives up after 5 tries; the step re-queues the row and sends it again.
@@ -80,6 +82,7 @@ async def test_throttled_submit_is_requeued_not_lost(tmp_path: Path) -> None:
 
 
 async def test_unknown_outcome_is_held_and_budget_counts_it(tmp_path: Path) -> None:
+    """A POST whose outcome is unknown is held (never sent again) and its cost at risk."""
     faults = Faults(submit_5xx=FaultRule(rate=1.0))
     async with runtime_for(tmp_path, ["doubtful"], faults) as (key, rt, sb):
         assert await submit_task.fn(key, "r0") == State.UNKNOWN
@@ -91,6 +94,7 @@ async def test_unknown_outcome_is_held_and_budget_counts_it(tmp_path: Path) -> N
 
 
 async def test_payment_required_stops_new_submissions(tmp_path: Path) -> None:
+    """After a 402 no later row is sent at all."""
     async with runtime_for(tmp_path, ["one", "two"], Faults(payment_after=0)) as (key, rt, sb):
         assert await submit_task.fn(key, "r0") == State.SKIPPED_PAYMENT
         assert rt.gate.payment_exhausted
@@ -99,6 +103,7 @@ async def test_payment_required_stops_new_submissions(tmp_path: Path) -> None:
 
 
 async def test_wrong_key_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused key (401) stops the run; the row stays pending and nothing is created."""
     async with runtime_for(tmp_path, ["one", "two"]) as (key, rt, sb):
         sb.config.api_key = "sk-someone-else"
         with pytest.raises(Exception, match="401"):
@@ -110,6 +115,7 @@ async def test_wrong_key_stops_the_run(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 async def test_expired_link_is_renewed_once_then_reported(tmp_path: Path) -> None:
+    """A video link that stays expired is renewed once, then the row is download_failed."""
     faults = Faults(expired_urls=FaultRule(rate=1.0))
     async with runtime_for(tmp_path, ["always expired"], faults) as (key, rt, _sb):
         await submit_task.fn(key, "r0")
@@ -121,6 +127,7 @@ async def test_expired_link_is_renewed_once_then_reported(tmp_path: Path) -> Non
 
 
 def test_budget_never_passes_the_cap() -> None:
+    """The budget admits a cost only within its cap, and real costs free what they saved."""
     budget = Budget(cap=1.0, committed=0.5)
     assert budget.reserve(0.3)
     assert not budget.reserve(0.3)
@@ -131,6 +138,7 @@ def test_budget_never_passes_the_cap() -> None:
 
 
 async def test_gate_spaces_submissions_and_pauses_after_429() -> None:
+    """The gate spaces submissions by its rate, pauses after a 429 and halves its rate."""
     import time
 
     gate = SubmitGate(rate=50)
@@ -146,6 +154,7 @@ async def test_gate_spaces_submissions_and_pauses_after_429() -> None:
 
 
 async def test_a_doubtful_row_stays_unknown_when_its_resend_gets_nowhere(tmp_path: Path) -> None:
+    """A resend of an unknown row refused with 402 leaves it unknown and at risk."""
     faults = Faults(submit_5xx=FaultRule(rate=1.0))
     async with runtime_for(tmp_path, ["doubtful"], faults) as (key, rt, sb):
         assert await submit_task.fn(key, "r0") == State.UNKNOWN
@@ -162,7 +171,7 @@ async def test_a_doubtful_row_stays_unknown_when_its_resend_gets_nowhere(tmp_pat
 
 
 async def test_an_unreachable_api_is_given_up_on_after_a_few_rows(tmp_path: Path) -> None:
-
+    """An API nothing answers on is given up on after three rows; none is left at risk."""
     closed = free_port()  # nothing listens on it
     options = RunOptions(
         manifest=str(
@@ -183,6 +192,7 @@ async def test_an_unreachable_api_is_given_up_on_after_a_few_rows(tmp_path: Path
 
 
 async def test_a_cancelled_run_still_records_the_task_its_post_created(tmp_path: Path) -> None:
+    """Cancelled while its POST's answer is on the way, the step still records the task."""
     import asyncio
 
     faults = Faults(submit_late_after_create=FaultRule(rate=1.0), late_s=1.0)
@@ -199,10 +209,12 @@ async def test_a_cancelled_run_still_records_the_task_its_post_created(tmp_path:
 
 
 def test_a_nan_anywhere_refuses_rather_than_admits() -> None:
+    """A NaN in the budget refuses new costs rather than admitting them."""
     assert not Budget(cap=1.0, committed=float("nan")).reserve(0.1)
 
 
 def test_non_finite_costs_are_not_numbers() -> None:
+    """A NaN or infinite cost from the API reads as no cost."""
     from apimart.models import Task
 
     for cost in ("NaN", "Infinity", float("inf"), "-inf"):

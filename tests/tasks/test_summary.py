@@ -88,6 +88,7 @@ def batch() -> pa.Table:
 
 
 def test_summary_numbers(batch: pa.Table) -> None:
+    """The summary counts rows by status, money spent, still to spend and at risk, and timings."""
     s = summarize(batch)
     assert s.rows == 30
     assert s.videos == 20
@@ -108,6 +109,7 @@ def test_summary_numbers(batch: pa.Table) -> None:
 
 
 def test_failures_grouped_by_status_and_code(batch: pa.Table) -> None:
+    """Failures are grouped by status and error code, largest first, with one example."""
     failures = summarize(batch).failures
     assert failures[0] == FailureReason("failed", "content_policy", 2, "prompt refused | by policy")
     assert {(f.status, f.error_code): f.count for f in failures} == {
@@ -126,6 +128,7 @@ def test_failures_grouped_by_status_and_code(batch: pa.Table) -> None:
 
 
 def test_quantiles_of_small_samples() -> None:
+    """Median and p95 of one or two generation times are interpolated linearly."""
     one = summarize(table_of(line("a", "completed", generation_s=7.0)))
     assert (one.generation_median_s, one.generation_p95_s) == (7.0, 7.0)
     two = summarize(
@@ -138,6 +141,7 @@ def test_quantiles_of_small_samples() -> None:
 
 
 def test_summary_of_nothing_done() -> None:
+    """A batch with no video made sums to zero and has no timings."""
     s = summarize(table_of(line("a", "not_submitted"), line("b", "invalid")))
     assert s.videos == 0 and s.spent == 0 and s.total_bytes == 0
     assert s.generation_median_s is None and s.generation_p95_s is None
@@ -146,12 +150,14 @@ def test_summary_of_nothing_done() -> None:
 
 
 def test_an_unlisted_status_is_still_counted() -> None:
+    """A status the summary does not know is still counted, not dropped."""
     s = summarize(table_of(line("a", "from-the-future"), line("b", "completed")))
     assert s.by_status["from-the-future"] == 1
     assert sum(s.by_status.values()) == 2
 
 
 def test_markdown(batch: pa.Table) -> None:
+    """The Markdown summary states totals, statuses and failures, its title escaped."""
     text = summary_markdown(summarize(batch), title="Spring <b>batch</b>")
     assert text.startswith("# Spring &lt;b&gt;batch&lt;/b&gt;\n")
     assert "**20 of 30 videos made** · spent **$10.50**" in text
@@ -165,6 +171,7 @@ def test_markdown(batch: pa.Table) -> None:
 
 
 def test_markdown_without_failures_or_timings() -> None:
+    """The Markdown says "None." for no failures and no timings, and omits at-risk."""
     text = summary_markdown(summarize(table_of(line("a", "not_submitted"))), title="t")
     assert "## Failures by reason\n\nNone." in text
     assert "No completed video reported a generation time." in text
@@ -172,6 +179,7 @@ def test_markdown_without_failures_or_timings() -> None:
 
 
 def test_artifact_rows_under_the_limit(batch: pa.Table) -> None:
+    """Under the row limit, the artifact table has one JSON-safe line per row."""
     rows = results_table_for_artifact(batch)
     assert len(rows) == 30
     assert all(tuple(r) == ARTIFACT_COLUMNS for r in rows)
@@ -188,6 +196,7 @@ def test_artifact_rows_under_the_limit(batch: pa.Table) -> None:
 
 
 def test_artifact_over_the_limit_is_one_line_per_status(batch: pa.Table) -> None:
+    """Over the row limit, the artifact table has one JSON-safe line per status."""
     assert len(results_table_for_artifact(batch, limit=30)) == 30
     rows = results_table_for_artifact(batch, limit=29)
     assert rows[0] == {"status": "completed", "rows": 20, "cost": 10.0, "example_id": "ok01"}
@@ -206,6 +215,8 @@ def test_artifact_over_the_limit_is_one_line_per_status(batch: pa.Table) -> None
 
 
 def test_summary_of_a_table_built_from_a_ledger(tmp_path: Path) -> None:
+    """A summary of results built from a ledger counts spent, at-risk and never-sent rows."""
+
     def row(index: int, row_id: str) -> ManifestRow:
         request = VideoRequest.build(prompt="a cat")
         fields = {
