@@ -25,6 +25,7 @@ from apimart.sandbox import FaultRule
 def test_video_has_the_requested_size_and_duration(
     api: Api, resolution: str, aspect_ratio: str, duration: int, size: tuple[int, int]
 ) -> None:
+    """A downloaded video is an H.264 MP4 of the requested size and duration."""
     url, _ = api.completed_url(resolution=resolution, aspect_ratio=aspect_ratio, duration=duration)
     response = api.download(url)
     assert response.status_code == 200
@@ -38,6 +39,7 @@ def test_video_has_the_requested_size_and_duration(
 
 
 def test_range_resume_gives_identical_bytes(api: Api) -> None:
+    """Range requests give exactly the bytes asked for (416 past the end), each counted."""
     url, data = api.completed_url()
     whole = api.download(url).content
     cut = len(whole) // 3
@@ -56,6 +58,7 @@ def test_range_resume_gives_identical_bytes(api: Api) -> None:
 
 
 def test_truncated_download_then_resume(api: Api) -> None:
+    """A download cut off mid-way resumes with a range request to the identical whole."""
     url, _ = api.completed_url()
     whole = api.download(url).content
     api.sb.config.faults.download_truncate = FaultRule(rate=1, times=1)
@@ -71,6 +74,7 @@ def test_truncated_download_then_resume(api: Api) -> None:
 
 
 def test_expired_url_is_403_and_a_later_query_hands_out_a_fresh_one(api: Api) -> None:
+    """An expired link is refused 403 (as S3 would); the next query hands out a fresh one."""
     api.sb.config.faults.expired_urls = FaultRule(rate=1, times=1)
     url, data = api.completed_url()
     assert data["result"]["videos"][0]["expires_at"] < time.time()
@@ -86,6 +90,7 @@ def test_expired_url_is_403_and_a_later_query_hands_out_a_fresh_one(api: Api) ->
 
 
 def test_url_expires_naturally_after_its_ttl(api: Api) -> None:
+    """A link stops working after its time to live, and a new one is handed out."""
     api.sb.config.url_ttl_s = 0.2
     url, data = api.completed_url()
     assert api.download(url).status_code == 200
@@ -95,6 +100,7 @@ def test_url_expires_naturally_after_its_ttl(api: Api) -> None:
 
 
 def test_forged_or_missing_signature_is_403(api: Api) -> None:
+    """A forged, stretched or missing signature, or another path, is refused 403."""
     url, _ = api.completed_url()
     parts = urlsplit(url)
     query = parse_qs(parts.query)
@@ -115,6 +121,7 @@ def test_forged_or_missing_signature_is_403(api: Api) -> None:
 
 
 def test_html_page_instead_of_video(api: Api) -> None:
+    """The download_html fault serves an HTML page with 200 once, then the video again."""
     api.sb.config.faults.download_html = FaultRule(rate=1, times=1)
     url, _ = api.completed_url()
     page = api.download(url)
@@ -125,6 +132,7 @@ def test_html_page_instead_of_video(api: Api) -> None:
 
 
 def test_trickle_slows_the_download(api: Api) -> None:
+    """The trickle fault slows a download to the configured bytes per second."""
     url, _ = api.completed_url(duration=4)
     size = len(api.download(url).content)
     api.sb.config.faults.trickle_bytes_per_s = size * 2
@@ -134,6 +142,7 @@ def test_trickle_slows_the_download(api: Api) -> None:
 
 
 def test_reference_image_shows_in_the_first_frame(api: Api) -> None:
+    """A reference image given as a data URI shows in the first frame; a remote one does not."""
     image = data_uri(png_bytes(320, 240, (0, 0, 255)))
     ids = [
         api.create(prompt="same words", image_urls=[image]),
@@ -181,8 +190,7 @@ def test_mismatch_fault_renders_another_size_and_length_for_good(api: Api) -> No
 
 
 def test_redirect_fault_points_elsewhere_until_the_request_is_there(api: Api) -> None:
-    """`download_redirect_to` answers 302 with the request's own path in place of `{path}`,
-    and serves a request already addressed to the target's host."""
+    """The redirect fault sends a 302 to its target path, and serves requests already there."""
     url, _ = api.completed_url()
     parts = urlsplit(url)
     api.sb.config.faults.download_redirect_to = "https://169.254.169.254/latest"

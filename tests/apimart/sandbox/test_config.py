@@ -12,6 +12,7 @@ from apimart.sandbox import FaultRule, Faults, SandboxConfig, config_from_option
 
 
 def test_defaults_are_all_off() -> None:
+    """A default sandbox has no faults, the documented prices and shapes, and no key dedup."""
     config = SandboxConfig()
     assert config.faults == Faults()
     assert config.prices == spec.ESTIMATED_PRICES
@@ -21,6 +22,7 @@ def test_defaults_are_all_off() -> None:
 
 
 def test_faults_from_json_text_or_file(tmp_path: Path) -> None:
+    """Faults load from JSON text or a file; an unknown fault or field is refused."""
     text = json.dumps({"submit_429": 0.5, "task_fail": {"rate": 1, "times": 2}, "payment_after": 3})
     path = tmp_path / "faults.json"
     path.write_text(text, encoding="utf-8")
@@ -37,6 +39,7 @@ def test_faults_from_json_text_or_file(tmp_path: Path) -> None:
 
 
 def test_config_from_options_and_mapping() -> None:
+    """Command-line options and a mapping build a config; an unknown setting is refused."""
     config = config_from_options(
         api_key="sk-cli", time_scale=0.01, seed=3, faults='{"download_html": 1}'
     )

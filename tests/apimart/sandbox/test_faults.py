@@ -17,6 +17,7 @@ ALWAYS_ONCE = FaultRule(rate=1, times=1)
 
 
 def test_429_once_then_success_with_retry_after(api: Api) -> None:
+    """A 429 fault answers with Retry-After and creates nothing, once per key."""
     api.sb.config.faults.submit_429 = ALWAYS_ONCE
     api.sb.config.faults.retry_after_s = 2
     first = api.submit(key="row-429", prompt="p")
@@ -37,6 +38,7 @@ def test_429_once_then_success_with_retry_after(api: Api) -> None:
 
 
 def test_drop_after_create_creates_and_bills_the_task(api: Api) -> None:
+    """A connection dropped after creation still bills the task; a resend duplicates it."""
     api.sb.config.faults.submit_drop_after_create = ALWAYS_ONCE
     with pytest.raises(httpx.RemoteProtocolError):
         api.submit(key="row-drop", prompt="dropped", resolution="4k")
@@ -49,6 +51,7 @@ def test_drop_after_create_creates_and_bills_the_task(api: Api) -> None:
 
 
 def test_late_answer_after_create_times_out_the_client(api: Api) -> None:
+    """A late answer after creation makes the client time out, the task already created."""
     api.sb.config.faults.submit_late_after_create = ALWAYS_ONCE
     api.sb.config.faults.late_s = 30.0
     started = time.monotonic()
@@ -63,6 +66,7 @@ def test_late_answer_after_create_times_out_the_client(api: Api) -> None:
 
 @pytest.mark.parametrize("creates", [True, False])
 def test_5xx_with_and_without_creation(api: Api, creates: bool) -> None:
+    """Submit 5xx faults vary their codes and create a task or not, as configured."""
     api.sb.config.faults.submit_5xx = FaultRule(rate=1)
     api.sb.config.faults.submit_5xx_creates = creates
     statuses = set()
@@ -76,6 +80,7 @@ def test_5xx_with_and_without_creation(api: Api, creates: bool) -> None:
 
 
 def test_query_5xx_once_per_task(api: Api) -> None:
+    """A query 5xx fault answers 503 once per task, then the task."""
     api.sb.config.faults.query_5xx = ALWAYS_ONCE
     task_id = api.create()
     first = api.get(task_id)
@@ -86,6 +91,7 @@ def test_query_5xx_once_per_task(api: Api) -> None:
 
 
 def test_task_fail_has_zero_cost_and_a_task_failed_error(api: Api) -> None:
+    """A failed task costs nothing and says why; the same prompt later succeeds."""
     api.sb.config.faults.task_fail = FaultRule(rate=1, times=1)
     data = api.wait(api.create(prompt="doomed"))
     assert data["status"] == spec.STATUS_FAILED
@@ -99,6 +105,7 @@ def test_task_fail_has_zero_cost_and_a_task_failed_error(api: Api) -> None:
 
 
 def test_fail_messages_vary_and_follow_language(api: Api) -> None:
+    """Failure messages vary between tasks and come in the language asked for."""
     api.sb.config.faults.task_fail = FaultRule(rate=1)
     api.sb.config.time_scale = 0.001
     ids = [api.create(prompt=f"p{n}") for n in range(12)]
@@ -109,6 +116,7 @@ def test_fail_messages_vary_and_follow_language(api: Api) -> None:
 
 
 def test_task_cancel(api: Api) -> None:
+    """A cancelled task costs nothing."""
     api.sb.config.faults.task_cancel = FaultRule(rate=1)
     data = api.wait(api.create())
     assert data["status"] == spec.STATUS_CANCELLED
@@ -117,6 +125,7 @@ def test_task_cancel(api: Api) -> None:
 
 
 def test_unknown_status_reported_before_proceeding(api: Api) -> None:
+    """An undocumented status shows up on the way, then the task completes."""
     api.sb.config.faults.unknown_status = FaultRule(rate=1)
     task_id = api.create()
     assert api.get(task_id).json()["data"]["status"] == "queued"
@@ -124,12 +133,14 @@ def test_unknown_status_reported_before_proceeding(api: Api) -> None:
 
 
 def test_prompt_contains_targets_only_matching_prompts(api: Api) -> None:
+    """A fault with prompt_contains fires only on prompts that contain it."""
     api.sb.config.faults.submit_429 = FaultRule(rate=1, prompt_contains="[throttle]")
     assert api.submit(prompt="a calm lake").status_code == 200
     assert api.submit(prompt="a calm lake [throttle]").status_code == 429
 
 
 def test_payment_after_n_tasks(api: Api) -> None:
+    """After N tasks every submit is refused 402 and creates nothing."""
     api.sb.config.faults.payment_after = 2
     assert api.submit().status_code == 200
     assert api.submit().status_code == 200
@@ -140,6 +151,7 @@ def test_payment_after_n_tasks(api: Api) -> None:
 
 
 def test_put_faults_replaces_them_at_runtime(api: Api) -> None:
+    """PUT /_sandbox/faults replaces the faults of a running sandbox; unknown ones are 400."""
     response = api.http.put("/_sandbox/faults", json={"submit_429": 1, "retry_after_s": 0.5})
     assert response.status_code == 200
     assert api.sb.config.faults.submit_429 == FaultRule(rate=1.0)
@@ -150,6 +162,7 @@ def test_put_faults_replaces_them_at_runtime(api: Api) -> None:
 
 
 def test_stats_and_reset_routes(api: Api) -> None:
+    """The stats route counts tasks and the reset route empties them."""
     api.create()
     assert api.http.get("/_sandbox/stats").json()["tasks_created"] == 1
     assert api.http.post("/_sandbox/reset").status_code == 200
@@ -182,6 +195,7 @@ def _outcomes(seed: int, order: list[int]) -> dict[int, tuple[int, str]]:
 
 
 def test_outcomes_depend_on_seed_not_on_arrival_order() -> None:
+    """Fault outcomes follow the seed and the row, not the order requests arrive in."""
     rows = list(range(32))
     forward = _outcomes(7, rows)
     assert forward == _outcomes(7, rows[::-1])

@@ -13,6 +13,7 @@ from apimart.sandbox import SandboxConfig, run_in_thread
 
 
 def test_list_submit_shape_is_the_documented_one(api: Api) -> None:
+    """By default a submit answers in the documented list shape with a submitted task id."""
     response = api.submit()
     assert response.status_code == 200
     payload = response.json()
@@ -23,6 +24,7 @@ def test_list_submit_shape_is_the_documented_one(api: Api) -> None:
 
 
 def test_object_submit_shape(api: Api) -> None:
+    """The object submit shape answers a pending task with progress and estimated time."""
     api.sb.config.submit_shape = "object"
     data = api.submit().json()["data"]
     assert data["id"].startswith("task_")
@@ -32,6 +34,7 @@ def test_object_submit_shape(api: Api) -> None:
 
 
 def test_mixed_submit_shape_uses_both_deterministically(api: Api) -> None:
+    """The mixed submit shape answers both shapes, the same ones again after a reset."""
     api.sb.config.submit_shape = "mixed"
     prompts = [f"mixed shape prompt {n}" for n in range(12)]
     shapes = [type(api.submit(prompt=p).json()["data"]).__name__ for p in prompts]
@@ -42,6 +45,7 @@ def test_mixed_submit_shape_uses_both_deterministically(api: Api) -> None:
 
 @pytest.mark.parametrize(("shape", "kind"), [("list", list), ("string", str)])
 def test_url_shapes(api: Api, shape: str, kind: type) -> None:
+    """A video URL comes as a list or a string as configured, and points at the sandbox's CDN."""
     api.sb.config.url_shape = shape  # type: ignore[assignment]
     data = api.wait(api.create())
     url = data["result"]["videos"][0]["url"]
@@ -50,6 +54,7 @@ def test_url_shapes(api: Api, shape: str, kind: type) -> None:
 
 
 def test_lifecycle_reaches_completed_with_all_fields(api: Api) -> None:
+    """A task moves only forward from pending to completed, with every documented field."""
     api.sb.config.time_scale = 0.004  # 0.72 to 1.2 s
     before = time.time()
     task_id = api.create(resolution="1080p", duration=10)
@@ -82,6 +87,7 @@ def test_lifecycle_reaches_completed_with_all_fields(api: Api) -> None:
 
 
 def test_latency_is_three_to_five_minutes_scaled(api: Api) -> None:
+    """Unscaled, each task takes its own 3 to 5 minutes."""
     api.sb.config.time_scale = 1.0
     for _ in range(20):
         api.create()
@@ -93,6 +99,7 @@ def test_latency_is_three_to_five_minutes_scaled(api: Api) -> None:
 
 
 def test_cost_is_billed_at_creation_for_tasks_bound_to_complete(api: Api) -> None:
+    """A task's cost (by resolution, pro rata by duration) is billed when it is created."""
     api.sb.config.prices = {"720p": 0.3, "1080p": 0.5, "4k": 1.2}
     api.create(resolution="4k", duration=4)
     api.create(resolution="720p", duration=6)
@@ -102,6 +109,7 @@ def test_cost_is_billed_at_creation_for_tasks_bound_to_complete(api: Api) -> Non
 
 
 def test_completed_task_keeps_handing_out_the_same_valid_url(api: Api) -> None:
+    """A completed task hands out the same URL on every query; another task another one."""
     url, data = api.completed_url()
     assert api.video_url(api.get(data["id"]).json()["data"]) == url
     other, _ = api.completed_url()
@@ -109,6 +117,7 @@ def test_completed_task_keeps_handing_out_the_same_valid_url(api: Api) -> None:
 
 
 def test_counters_count_queries_per_task(api: Api) -> None:
+    """Every query of a task is counted against that task."""
     task_id = api.create()
     for _ in range(3):
         api.get(task_id)
@@ -116,6 +125,7 @@ def test_counters_count_queries_per_task(api: Api) -> None:
 
 
 def test_idempotency_key_not_honoured_by_default(api: Api) -> None:
+    """By default the same Idempotency-Key creates a second task, as the real API may."""
     first = api.task_id(api.submit(key="row-1", prompt="same"))
     second = api.task_id(api.submit(key="row-1", prompt="same"))
     assert first != second
@@ -123,6 +133,7 @@ def test_idempotency_key_not_honoured_by_default(api: Api) -> None:
 
 
 def test_idempotency_key_honoured_when_configured(api: Api) -> None:
+    """When configured, a repeated Idempotency-Key returns the first task instead of a new one."""
     api.sb.config.honour_idempotency_key = True
     first = api.task_id(api.submit(key="row-1", prompt="same"))
     assert api.task_id(api.submit(key="row-1", prompt="same")) == first
@@ -134,6 +145,7 @@ def test_idempotency_key_honoured_when_configured(api: Api) -> None:
 
 
 def test_task_ids_differ_between_sandboxes_with_the_same_seed() -> None:
+    """Two sandboxes with the same seed never hand out the same task id."""
     ids = []
     for _ in range(2):
         with run_in_thread(SandboxConfig()) as sb:

@@ -15,6 +15,7 @@ LOG_CANARY = "sk-LOG-CANARY-0123456789"
 
 
 def test_openapi_lists_exactly_the_three_routes(api: Api) -> None:
+    """The OpenAPI document lists exactly the three API routes, with the submit body's rules."""
     document = api.http.get("/openapi.json").json()
     assert set(document["paths"]) == {
         "/v1/videos/generations",
@@ -29,6 +30,7 @@ def test_openapi_lists_exactly_the_three_routes(api: Api) -> None:
 
 
 def test_create_app_without_a_server() -> None:
+    """The app is built without a server and has its test-only stats and reset routes."""
     app = create_app(SandboxConfig())
     assert {getattr(r, "path", "") for r in app.routes} >= {"/_sandbox/stats", "/_sandbox/reset"}
 
@@ -36,8 +38,7 @@ def test_create_app_without_a_server() -> None:
 def test_no_log_record_carries_the_key_or_a_signature(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """At DEBUG, neither the sandbox, uvicorn nor httpcore logs the key (in any form) or a
-    signature; only httpx logs full URLs, at INFO."""
+    """At DEBUG no sandbox, uvicorn or httpcore record holds the key or a signature."""
     api.sb.config.api_key = LOG_CANARY
     api.http.headers["Authorization"] = f"Bearer {LOG_CANARY}"
     caplog.set_level(logging.DEBUG)

@@ -54,6 +54,7 @@ HTTP_IMAGE = "https://example.com/cat.png"
 def test_invalid_field_is_refused_with_its_type(
     api: Api, fields: dict[str, Any], kind: str
 ) -> None:
+    """Each invalid field is refused 400 with its documented error type, creating nothing."""
     response = api.submit(**fields)
     assert response.status_code == 400
     assert response.json() == {
@@ -66,6 +67,7 @@ def test_invalid_field_is_refused_with_its_type(
 
 @pytest.mark.parametrize("payload", [b"{not json", b"[]", b'"text"', b"\xff\xfe", b""])
 def test_malformed_body_is_invalid_request(api: Api, payload: bytes) -> None:
+    """A body that is not a JSON object is refused 400 as an invalid request."""
     response = api.http.post(
         spec.SUBMIT_PATH, content=payload, headers={"Content-Type": "application/json"}
     )
@@ -89,6 +91,7 @@ def test_malformed_body_is_invalid_request(api: Api, payload: bytes) -> None:
     ],
 )
 def test_valid_bodies_create_a_task(api: Api, fields: dict[str, Any]) -> None:
+    """Every documented valid body creates one task; unknown fields are ignored."""
     response = api.submit(**fields)
     assert response.status_code == 200, response.text
     assert api.task_id(response).startswith("task_")
@@ -108,6 +111,7 @@ def test_valid_bodies_create_a_task(api: Api, fields: dict[str, Any]) -> None:
 def test_bad_or_missing_key_is_authentication_error(
     sb: RunningSandbox, headers: dict[str, str]
 ) -> None:
+    """A missing or wrong key is refused 401 on submit and query, creating nothing."""
     submit = httpx.post(f"{sb.url}{spec.SUBMIT_PATH}", json=body(), headers=headers)
     query = httpx.get(f"{sb.url}/v1/tasks/task_x", headers=headers)
     for response in (submit, query):
@@ -119,28 +123,33 @@ def test_bad_or_missing_key_is_authentication_error(
 
 
 def test_auth_is_checked_before_the_body(sb: RunningSandbox) -> None:
+    """The key is checked before the body: a broken body without a key gets 401."""
     response = httpx.post(f"{sb.url}{spec.SUBMIT_PATH}", content=b"{broken")
     assert response.status_code == 401
 
 
 @pytest.mark.parametrize("key", [b"", b"has space", "é".encode(), b"x" * 192])
 def test_malformed_idempotency_key_is_refused(api: Api, key: bytes) -> None:
+    """An empty, spaced, non-ASCII or too long Idempotency-Key is refused 400."""
     response = api.http.post(spec.SUBMIT_PATH, json=body(), headers=[(b"Idempotency-Key", key)])
     assert response.status_code == 400
     assert response.json()["error"]["type"] == INVALID
 
 
 def test_longest_idempotency_key_is_accepted(api: Api) -> None:
+    """An Idempotency-Key of the maximum length is accepted."""
     assert api.submit(key="k" * spec.IDEMPOTENCY_KEY_MAX).status_code == 200
 
 
 def test_unknown_task_is_not_found(api: Api) -> None:
+    """Querying a task that does not exist answers 404 not_found_error."""
     response = api.get("task_01DOESNOTEXIST")
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found_error"
 
 
 def test_unsupported_language_is_refused(api: Api) -> None:
+    """A query in an unsupported language is refused 400; the documented ones pass."""
     task_id = api.create()
     assert api.get(task_id, language="fr").status_code == 400
     for language in spec.LANGUAGES:
@@ -148,6 +157,7 @@ def test_unsupported_language_is_refused(api: Api) -> None:
 
 
 def test_unknown_route_answers_in_the_error_shape(api: Api) -> None:
+    """An unknown route answers 404 in the API's error shape."""
     response = api.http.get("/v1/nothing")
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found_error"
