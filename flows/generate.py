@@ -16,16 +16,14 @@ from prefect import flow
 from tasks.artifacts import Progress, artifact_key, publish_estimate, publish_results
 from tasks.download import download_task, mark_download_failed
 from tasks.gate import RunStopped
-from tasks.ledger import TO_POLL, State
 from tasks.manifest import read_manifest
 from tasks.options import RunOptions
 from tasks.poll import poll_task
 from tasks.report import write_report
 from tasks.run import estimate_run, finish_run, ledger_conflicts, open_run, rows_needing_work
 from tasks.runtime import Runtime, run_logger
+from tasks.states import DOWNLOADABLE, TO_POLL, State
 from tasks.submit import submit_task
-
-DOWNLOADABLE = frozenset({State.COMPLETED, State.DOWNLOADED, State.DOWNLOAD_FAILED})
 
 
 async def _one_row(

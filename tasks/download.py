@@ -27,10 +27,10 @@ from apimart.download import DownloadUnavailable
 from apimart.errors import DownloadError, LinkExpiredError
 from apimart.models import Video
 from tasks.atomic import replace_durably
-from tasks.ledger import State
 from tasks.poll import TRANSIENT
 from tasks.probe import VideoUnreadable, probe_video
 from tasks.runtime import Runtime, get_runtime, retry_when, run_logger
+from tasks.states import DOWNLOADABLE, State
 
 VIDEOS_DIR = "videos"
 
@@ -90,7 +90,7 @@ async def download_row(runtime: Runtime, row_id: str) -> str:
         return record.state if record else State.PENDING
     if record.state == State.DOWNLOADED and already_verified(runtime, row_id):
         return State.DOWNLOADED
-    if record.state not in (State.COMPLETED, State.DOWNLOADED, State.DOWNLOAD_FAILED):
+    if record.state not in DOWNLOADABLE:
         return record.state
     dest = runtime.out / video_relpath(row_id)
     try:

@@ -25,13 +25,12 @@ from tasks.download import file_sha256
 from tasks.ledger import LEDGER_FILE, Ledger
 from tasks.manifest import SUFFIXES
 from tasks.options import RunOptions
+from tasks.states import FINAL_STATUSES
 
 DONE_DIR, REJECTED_DIR = "done", "rejected"
 # The global concurrency limit (limit 1) that keeps two inbox runs apart; `videobatch deploy`
 # creates it.
 INBOX_LIMIT = "videobatch-inbox"
-# A row in one of these will not change by running again without new flags.
-FINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "invalid", "rejected"})
 # A file still being written (copied in over a network) should not be read half-way.
 SETTLE_SECONDS = 2.0
 

@@ -48,48 +48,18 @@ from typing import Any
 
 from apimart.models import VideoRequest
 
+# The states and their groupings live in tasks.states; they are re-exported here so code that
+# has always imported them from the ledger keeps working.
+from tasks.states import AT_RISK
+from tasks.states import DOUBTFUL as DOUBTFUL
+from tasks.states import NEVER_SENT as NEVER_SENT
+from tasks.states import TO_POLL as TO_POLL
+from tasks.states import WITH_TASK as WITH_TASK
+from tasks.states import State as State
+
 LEDGER_FILE = "ledger.sqlite"
 LOCK_FILE = ".videobatch.lock"
 SCHEMA_VERSION = 2
-
-
-class State:
-    """Where a row stands. Only rows in NEVER_SENT may be (re)submitted without being asked."""
-
-    PENDING = "pending"  # known, never sent (or sent and certainly not created)
-    INTENT = "intent"  # key committed, POST under way; after a crash this means "unknown"
-    UNKNOWN = "unknown"  # the POST may have created a paid task
-    SUBMITTED = "submitted"  # task id known, not finished
-    TIMEOUT = "timeout"  # polling gave up; the task id is kept and polled next run
-    COMPLETED = "completed"  # task completed; video not yet verified on disk
-    DOWNLOADED = "downloaded"  # video on disk and verified: the row is done
-    DOWNLOAD_FAILED = "download_failed"  # paid video we could not fetch
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    REJECTED = "rejected"  # the API refused the request (400); nothing was charged
-    SKIPPED_BUDGET = "skipped_budget"
-    SKIPPED_PAYMENT = "skipped_payment"
-
-
-# States whose task exists at the vendor (or may): they own money.
-WITH_TASK = frozenset(
-    {
-        State.SUBMITTED,
-        State.TIMEOUT,
-        State.COMPLETED,
-        State.DOWNLOADED,
-        State.DOWNLOAD_FAILED,
-        State.FAILED,
-        State.CANCELLED,
-    }
-)
-DOUBTFUL = frozenset({State.INTENT, State.UNKNOWN})
-NEVER_SENT = frozenset({State.PENDING, State.REJECTED, State.SKIPPED_BUDGET, State.SKIPPED_PAYMENT})
-# States the poll step picks up again on a resumed run.
-TO_POLL = frozenset({State.SUBMITTED, State.TIMEOUT})
-FINAL = frozenset(
-    {State.DOWNLOADED, State.FAILED, State.CANCELLED, State.REJECTED, State.DOWNLOAD_FAILED}
-)
 
 
 @dataclass
@@ -380,7 +350,7 @@ class Ledger:
     def committed_cost(self) -> float:
         """Money spent or at risk: the real cost where known, the estimate where not (yet),
         plus the estimates of earlier POSTs whose outcome is unsettled (see the module)."""
-        at_risk = sorted((WITH_TASK | DOUBTFUL) - {State.FAILED, State.CANCELLED})
+        at_risk = sorted(AT_RISK)
         marks = ", ".join("?" for _ in at_risk)
         # A ledger of schema 1 opened read-only has no such column, and nothing in it.
         earlier = (

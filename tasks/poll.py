@@ -26,8 +26,8 @@ from apimart.errors import (
     TransportError,
 )
 from apimart.models import Task
-from tasks.ledger import State
 from tasks.runtime import Runtime, get_runtime, run_logger
+from tasks.states import TO_POLL, State
 
 # What a later try could cure; everything else fails the task at once.
 TRANSIENT = (TransportError, ServerError, ProtocolError, RateLimitError)
@@ -127,15 +127,7 @@ async def poll_row(runtime: Runtime, row_id: str) -> str:
     """Query the row's task until it ends or this run's polling deadline for it passes."""
     options, ledger, log = runtime.options, runtime.ledger, run_logger()
     record = ledger.get(row_id)
-    if (
-        record is None
-        or record.task_id is None
-        or record.state
-        not in (
-            State.SUBMITTED,
-            State.TIMEOUT,
-        )
-    ):
+    if record is None or record.task_id is None or record.state not in TO_POLL:
         return record.state if record else State.PENDING
     task_id = record.task_id
     polls = record.polls or 0

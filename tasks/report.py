@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.probe import Thumbnail, first_frame_thumbnail
-from tasks.results import COMPLETED, FIXED_COLUMNS, UNKNOWN
+from tasks.results import FIXED_COLUMNS
+from tasks.states import Status
 from tasks.summary import column_values as _column
 from tasks.summary import finite_number as _number
 
@@ -45,18 +46,19 @@ MAX_BINS = 30
 _RESOLUTION_ORDER = {"720p": 0, "1080p": 1, "4k": 2}
 # Columns the page shows in their own place; anything else came from the manifest.
 _KNOWN_COLUMNS = FIXED_COLUMNS | {"image_urls"}
-_STATUS_COLOURS = {
-    "completed": "#2e9d5b",
-    "failed": "#d64545",
-    "cancelled": "#8a8f98",
-    "invalid": "#e8903a",
-    "rejected": "#c2622d",
-    "unknown": "#8a5cd1",
-    "timeout": "#d9a521",
-    "download_failed": "#d6457f",
-    "skipped_budget": "#5b7fb8",
-    "skipped_payment": "#3f5f91",
-    "not_submitted": "#b9bec7",
+# A conflict row gets the colour of anything else unexpected.
+_STATUS_COLOURS: dict[str, str] = {
+    Status.COMPLETED: "#2e9d5b",
+    Status.FAILED: "#d64545",
+    Status.CANCELLED: "#8a8f98",
+    Status.INVALID: "#e8903a",
+    Status.REJECTED: "#c2622d",
+    Status.UNKNOWN: "#8a5cd1",
+    Status.TIMEOUT: "#d9a521",
+    Status.DOWNLOAD_FAILED: "#d6457f",
+    Status.SKIPPED_BUDGET: "#5b7fb8",
+    Status.SKIPPED_PAYMENT: "#3f5f91",
+    Status.NOT_SUBMITTED: "#b9bec7",
 }
 _OTHER_COLOUR = "#6b7280"
 
@@ -115,7 +117,7 @@ def _group_costs(
         label = "–" if key is None else str(key)
         group = groups.setdefault(label, {"rows": 0, "videos": 0, "cost": 0.0, "estimated": 0.0})
         group["rows"] += 1
-        group["videos"] += status == COMPLETED
+        group["videos"] += status == Status.COMPLETED
         group["cost"] += cost or 0.0
         group["estimated"] += estimate or 0.0
     return groups
@@ -151,11 +153,11 @@ def report_numbers(table: pa.Table) -> dict[str, Any]:
         for g, status in zip(
             (_number(v) for v in _column(table, "generation_s")), statuses, strict=True
         )
-        if status == COMPLETED and g is not None
+        if status == Status.COMPLETED and g is not None
     ]
     median, p95 = _percentiles(generation)
     rows = table.num_rows
-    videos = statuses.count(COMPLETED)
+    videos = statuses.count(Status.COMPLETED)
     by_resolution = _group_costs(_column(table, "resolution"), statuses, costs, estimates)
     by_duration = _group_costs(_column(table, "duration"), statuses, costs, estimates)
     return {
@@ -163,12 +165,12 @@ def report_numbers(table: pa.Table) -> dict[str, Any]:
         "videos": videos,
         "cost": float(sum(c for c in costs if c is not None)),
         "success_rate": videos / rows if rows else 0.0,
-        "unknown_rows": statuses.count(UNKNOWN),
+        "unknown_rows": statuses.count(Status.UNKNOWN),
         "at_risk": float(
             sum(
                 e
                 for e, c, s in zip(estimates, costs, statuses, strict=True)
-                if s == UNKNOWN and c is None and e
+                if s == Status.UNKNOWN and c is None and e
             )
         ),
         "median_generation_s": median,
@@ -199,8 +201,8 @@ def _failures(table: pa.Table) -> list[Failure]:
         _column(table, "error_message"),
         strict=True,
     ):
-        status = str(status) if status is not None else "unknown"
-        if status == COMPLETED:
+        status = str(status) if status is not None else Status.UNKNOWN.value
+        if status == Status.COMPLETED:
             continue
         key = (status, "" if code is None else str(code))
         groups.setdefault(key, []).append(("" if row_id is None else str(row_id), message or ""))
@@ -498,7 +500,7 @@ def _failures_html(failures: list[Failure]) -> str:
 
 def _card(row: dict[str, Any], thumb: Thumbnail | None, has_file: bool, extras: list[str]) -> str:
     row_id = "" if row.get("id") is None else str(row["id"])
-    status = "unknown" if row.get("status") is None else str(row["status"])
+    status = Status.UNKNOWN.value if row.get("status") is None else str(row["status"])
     href = quote(str(row.get("video_path") or ""), safe="/")
     if thumb is not None:
         dims = f' width="{thumb.width}" height="{thumb.height}"'
@@ -533,7 +535,7 @@ def _card(row: dict[str, Any], thumb: Thumbnail | None, has_file: bool, extras: 
         if row.get(name) not in (None, "")
     )
     error = ""
-    if status != COMPLETED and (row.get("error_code") or row.get("error_message")):
+    if status != Status.COMPLETED and (row.get("error_code") or row.get("error_message")):
         error = (
             f'<div class="extra">{_esc(row.get("error_code") or "")} '
             + _esc(_truncate(str(row.get("error_message") or ""), 120))
@@ -581,7 +583,7 @@ def render_report(out: Path, table: pa.Table) -> str:
         for g, s in zip(
             map(_number, _column(table, "generation_s")), _column(table, "status"), strict=True
         )
-        if s == COMPLETED and g is not None
+        if s == Status.COMPLETED and g is not None
     ]
 
     tiles = "".join(

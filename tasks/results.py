@@ -10,7 +10,8 @@ Columns, in order (`SCHEMA` holds the fixed ones with their Arrow types):
                            with (CSV cells are strings). One whose name collides with a fixed
                            column is renamed `manifest_<name>` (prefixed again while that name
                            is taken too), so neither hides the other.
-    status                 one of RESULT_STATUSES (see `result_status`); `conflict` marks a row
+    status                 one of RESULT_STATUSES (`tasks.states.Status`, mapped from the
+                           ledger state by `tasks.states.result_status`); `conflict` marks a row
                            held because its paid task was made from another version of the
                            row: its money columns (task_id, attempt, cost, estimated_cost,
                            submitted_at, run_id) stay, since money spent is still spent, but
@@ -55,7 +56,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from apimart import spec
-from tasks.ledger import RowRecord, State
+from tasks.ledger import RowRecord
+from tasks.states import SETTLED, STATUS_ORDER, UNSENT, Status
+from tasks.states import result_status as status_of_state
 
 if TYPE_CHECKING:
     from tasks.manifest import Manifest, ManifestRow
@@ -75,66 +78,8 @@ __all__ = [
 PARQUET_FILE: Final = "results.parquet"
 CSV_FILE: Final = "results.csv"
 
-COMPLETED: Final = "completed"
-FAILED: Final = "failed"
-CANCELLED: Final = "cancelled"
-REJECTED: Final = "rejected"
-DOWNLOAD_FAILED: Final = "download_failed"
-TIMEOUT: Final = "timeout"
-UNKNOWN: Final = "unknown"
-CONFLICT: Final = "conflict"
-NOT_SUBMITTED: Final = "not_submitted"
-SKIPPED_BUDGET: Final = "skipped_budget"
-SKIPPED_PAYMENT: Final = "skipped_payment"
-INVALID: Final = "invalid"
-
 # Display order: done first, then what went wrong, then what never started.
-RESULT_STATUSES: Final = (
-    COMPLETED,
-    FAILED,
-    CANCELLED,
-    REJECTED,
-    DOWNLOAD_FAILED,
-    TIMEOUT,
-    UNKNOWN,
-    CONFLICT,
-    NOT_SUBMITTED,
-    SKIPPED_BUDGET,
-    SKIPPED_PAYMENT,
-    INVALID,
-)
-
-_STATE_TO_STATUS: Final[dict[str, str]] = {
-    State.PENDING: NOT_SUBMITTED,
-    State.INTENT: UNKNOWN,
-    State.UNKNOWN: UNKNOWN,
-    State.SUBMITTED: TIMEOUT,
-    State.TIMEOUT: TIMEOUT,
-    # The task finished and was paid for, but no verified video is on disk.
-    State.COMPLETED: DOWNLOAD_FAILED,
-    State.DOWNLOADED: COMPLETED,
-    State.DOWNLOAD_FAILED: DOWNLOAD_FAILED,
-    State.FAILED: FAILED,
-    State.CANCELLED: CANCELLED,
-    State.REJECTED: REJECTED,
-    State.SKIPPED_BUDGET: SKIPPED_BUDGET,
-    State.SKIPPED_PAYMENT: SKIPPED_PAYMENT,
-}
-
-# Ledger states after which nothing more happens to the row in this attempt.
-_SETTLED: Final = frozenset(
-    {
-        State.COMPLETED,
-        State.DOWNLOADED,
-        State.DOWNLOAD_FAILED,
-        State.FAILED,
-        State.CANCELLED,
-        State.REJECTED,
-    }
-)
-
-# Rows not sent (yet): without a committed estimate, theirs is what sending them would cost.
-_UNSENT: Final = frozenset({NOT_SUBMITTED, SKIPPED_BUDGET, SKIPPED_PAYMENT, REJECTED})
+RESULT_STATUSES: Final = STATUS_ORDER
 
 INVALID_ROW_CODE: Final = "invalid_row"
 CONFLICT_CODE: Final = "manifest_conflict"
@@ -197,18 +142,9 @@ _FORMULA_START: Final = r"^([=+\-@\t\r])"
 _INT32_MAX: Final = 2**31 - 1
 
 
-def result_status(row: ManifestRow, record: RowRecord | None) -> str:
-    """The row's outcome as the results table reports it.
-
-    An invalid manifest row is `invalid` whatever the ledger holds (the row as now written
-    cannot be sent). A ledger state this module does not know reads as `unknown`: the one
-    status that tells a person to look before anything is resent or written off.
-    """
-    if not row.valid:
-        return INVALID
-    if record is None:
-        return NOT_SUBMITTED
-    return _STATE_TO_STATUS.get(record.state, UNKNOWN)
+def result_status(row: ManifestRow, record: RowRecord | None) -> Status:
+    """The row's outcome as the results table reports it (the map is `tasks.states`')."""
+    return status_of_state(None if record is None else record.state, valid=row.valid)
 
 
 def results_schema(extra: Sequence[pa.Field] = ()) -> pa.Schema:
@@ -238,7 +174,9 @@ def build_results(
         # A duplicate id is the later, invalid copy; the hold is the first row's.
         if row.id in held and row.id not in seen:
             values.update(dict.fromkeys(_OLD_RESULT))
-            values.update(status=CONFLICT, error_code=CONFLICT_CODE, error_message=held[row.id])
+            values.update(
+                status=Status.CONFLICT, error_code=CONFLICT_CODE, error_message=held[row.id]
+            )
         seen.add(row.id)
         for name, value in values.items():
             columns[name].append(value)
@@ -295,7 +233,7 @@ def _row_values(
     rec = record if record is not None else RowRecord(row_id=row.id, idx=row.index)
     has_record = record is not None
     estimated = rec.estimated_cost
-    if estimated is None and request is not None and status in _UNSENT:
+    if estimated is None and request is not None and status in UNSENT:
         estimated = spec.estimate_cost(request.resolution, request.duration, prices)
     values.update(
         error_code=rec.error_code,
@@ -310,7 +248,7 @@ def _row_values(
         wait_s=_span(rec.submitted_at, rec.terminal_at),
         polls=rec.polls if has_record else None,
         download_s=_float(rec.download_s),
-        total_s=_span(rec.intent_at, _last_step(rec)) if rec.state in _SETTLED else None,
+        total_s=_span(rec.intent_at, _last_step(rec)) if rec.state in SETTLED else None,
         video_path=rec.video_path,
         video_bytes=rec.video_bytes,
         video_sha256=rec.video_sha256,
@@ -320,7 +258,7 @@ def _row_values(
         url_expires_at=_micros(rec.url_expires_at),
         run_id=rec.run_id,
     )
-    if status == INVALID:
+    if status is Status.INVALID:
         # Ledger facts (task, cost, files) stay: money spent on an earlier version of the row
         # is still money spent. Only the verdict and its reason come from the manifest.
         values["error_code"] = INVALID_ROW_CODE

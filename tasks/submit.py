@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, assert_never
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -28,9 +28,10 @@ from apimart.errors import (
     UnsendableRequest,
 )
 from apimart.models import SubmitResult, VideoRequest
-from tasks.ledger import DOUBTFUL, NEVER_SENT, RowRecord, State, request_hash
+from tasks.ledger import RowRecord, request_hash
 from tasks.options import RunOptions
 from tasks.runtime import Runtime, get_runtime, run_logger
+from tasks.states import DOUBTFUL, State, parse_state
 
 # How often one row is re-queued after 429s that outlasted the client's own retries.
 MAX_THROTTLED_ROUNDS = 8
@@ -108,15 +109,28 @@ def send_decision(
 
     The one statement of when money may be spent; the run's planning reads it too.
     """
-    if record.state in DOUBTFUL:
-        return ("send", record.attempt) if options.resubmit_unknown else State.UNKNOWN
-    if record.state in (State.FAILED, State.CANCELLED):
-        return ("send", record.attempt + 1) if options.retry_failed else record.state
-    if record.state == State.REJECTED and record.request_hash == request_hash(request):
-        return State.REJECTED  # the API refused this exact request; resending cannot help
-    if record.state in NEVER_SENT:
-        return ("send", max(record.attempt, 1))
-    return record.state  # has a task: poll or download it, never pay again
+    state = parse_state(record.state)
+    if state is None:
+        return record.state  # a state this version does not know: never pay on a guess
+    match state:
+        case State.INTENT | State.UNKNOWN:  # DOUBTFUL
+            return ("send", record.attempt) if options.resubmit_unknown else State.UNKNOWN
+        case State.FAILED | State.CANCELLED:
+            return ("send", record.attempt + 1) if options.retry_failed else state
+        case State.REJECTED if record.request_hash == request_hash(request):
+            return State.REJECTED  # the API refused this exact request; resending cannot help
+        case State.PENDING | State.REJECTED | State.SKIPPED_BUDGET | State.SKIPPED_PAYMENT:
+            return ("send", max(record.attempt, 1))  # NEVER_SENT
+        case (
+            State.SUBMITTED
+            | State.TIMEOUT
+            | State.COMPLETED
+            | State.DOWNLOADED
+            | State.DOWNLOAD_FAILED
+        ):
+            return state  # has a task: poll or download it, never pay again
+        case _:
+            assert_never(state)
 
 
 def submit_decision(runtime: Runtime, row_id: str) -> tuple[str, int] | str:

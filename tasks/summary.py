@@ -13,15 +13,8 @@ from typing import Any, Final
 
 import pyarrow as pa
 
-from tasks.results import (
-    COMPLETED,
-    NOT_SUBMITTED,
-    RESULT_STATUSES,
-    SKIPPED_BUDGET,
-    SKIPPED_PAYMENT,
-    TIMEOUT,
-    UNKNOWN,
-)
+from tasks.results import RESULT_STATUSES
+from tasks.states import NOT_DONE, NOT_FAILURES, Status
 
 __all__ = [
     "ARTIFACT_COLUMNS",
@@ -31,11 +24,6 @@ __all__ = [
     "summarize",
     "summary_markdown",
 ]
-
-# Rows whose money is not settled yet: a later run may still send them or learn their cost.
-NOT_DONE: Final = frozenset({NOT_SUBMITTED, SKIPPED_BUDGET, SKIPPED_PAYMENT, TIMEOUT, UNKNOWN})
-# Rows that are neither made nor merely waiting their turn.
-_NOT_FAILURES: Final = frozenset({COMPLETED, NOT_SUBMITTED})
 
 ARTIFACT_COLUMNS: Final = (
     "id",
@@ -93,14 +81,14 @@ def summarize(table: pa.Table) -> Summary:
     costs = [finite_number(v) for v in column_values(table, "cost")]
     estimates = [finite_number(v) for v in column_values(table, "estimated_cost")]
     counts = Counter(statuses)
-    by_status = {status: counts.get(status, 0) for status in RESULT_STATUSES}
+    by_status = {str(status): counts.get(status, 0) for status in RESULT_STATUSES}
     by_status.update((s, n) for s, n in counts.items() if s not in by_status)
 
     remaining = at_risk = 0.0
     for status, cost, estimate in zip(statuses, costs, estimates, strict=True):
         if status in NOT_DONE and cost is None and estimate is not None:
             remaining += estimate
-            if status == UNKNOWN:
+            if status == Status.UNKNOWN:
                 at_risk += estimate
 
     generation = sorted(
@@ -108,17 +96,17 @@ def summarize(table: pa.Table) -> Summary:
         for g, s in zip(
             map(finite_number, column_values(table, "generation_s")), statuses, strict=True
         )
-        if s == COMPLETED and g is not None
+        if s == Status.COMPLETED and g is not None
     )
     sizes = (
         finite_number(b)
         for b, s in zip(column_values(table, "video_bytes"), statuses, strict=True)
-        if s == COMPLETED
+        if s == Status.COMPLETED
     )
     return Summary(
         rows=table.num_rows,
         by_status=by_status,
-        videos=counts.get(COMPLETED, 0),
+        videos=counts.get(Status.COMPLETED, 0),
         spent=sum(c for c in costs if c is not None),
         estimated_remaining=remaining,
         at_risk=at_risk,
@@ -143,7 +131,7 @@ def summary_markdown(summary: Summary, *, title: str) -> str:
         lines.append(f"- Estimated cost of rows not done yet: {_money(s.estimated_remaining)}")
     if s.at_risk:
         lines.append(
-            f"- **At risk: {_money(s.at_risk)}** over {s.by_status.get(UNKNOWN, 0)} row(s)"
+            f"- **At risk: {_money(s.at_risk)}** over {s.by_status.get(Status.UNKNOWN, 0)} row(s)"
             " whose submission outcome is unknown; check them before resending"
         )
     if s.estimated_remaining or s.at_risk:
@@ -249,7 +237,7 @@ def _failures(table: pa.Table, statuses: list[str]) -> tuple[FailureReason, ...]
     codes = column_values(table, "error_code")
     messages = column_values(table, "error_message")
     for status, code, message in zip(statuses, codes, messages, strict=True):
-        if status in _NOT_FAILURES:
+        if status in NOT_FAILURES:
             continue
         key = (status, None if code is None else str(code))
         counts[key] += 1
