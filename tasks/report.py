@@ -15,7 +15,6 @@ import base64
 import html
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.atomic import write_text_atomically
 from tasks.probe import Thumbnail, first_frame_thumbnail
 from tasks.results import FIXED_COLUMNS
 from tasks.states import Status
@@ -675,21 +675,6 @@ def render_report(out: Path, table: pa.Table) -> str:
     )
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp makes the file private; a report is meant to be opened by whoever reads OUT.
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(out: Path | str, table: pa.Table | None = None) -> str:
     """Write `OUT/report.html` atomically and return its absolute `file://` URI.
 
@@ -699,5 +684,5 @@ def write_report(out: Path | str, table: pa.Table | None = None) -> str:
     if table is None:
         table = pq.read_table(folder / RESULTS_FILE)
     target = folder / REPORT_FILE
-    _write_atomically(target, render_report(folder, table))
+    write_text_atomically(target, render_report(folder, table))
     return target.resolve().as_uri()

@@ -44,11 +44,9 @@ Files are written beside the ledger as `results.parquet` (exact values and types
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -56,6 +54,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from apimart import spec
+from tasks.atomic import write_atomically
 from tasks.ledger import RowRecord
 from tasks.states import SETTLED, STATUS_ORDER, UNSENT, Status
 from tasks.states import result_status as status_of_state
@@ -197,9 +196,9 @@ def write_results(table: pa.Table, out: Path) -> tuple[Path, Path]:
     """Write `OUT/results.parquet` and `OUT/results.csv`, each replaced atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    parquet = _atomic_write(out / PARQUET_FILE, lambda f: pq.write_table(table, f))
+    parquet = write_atomically(out / PARQUET_FILE, lambda f: pq.write_table(table, f))
     csv_table = _for_spreadsheets(table)
-    csv = _atomic_write(out / CSV_FILE, lambda f: pacsv.write_csv(csv_table, f))
+    csv = write_atomically(out / CSV_FILE, lambda f: pacsv.write_csv(csv_table, f))
     return parquet, csv
 
 
@@ -374,35 +373,3 @@ def _for_spreadsheets(table: pa.Table) -> pa.Table:
         arrays.append(column)
         fields.append(pa.field(field.name, column.type, field.nullable))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write beside the target, flush to disk, then rename over it: readers see old or new."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    # mkstemp makes the file private; results are shared like the videos they describe.
-    os.fchmod(fd, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename is only durable once the directory entry is on disk too.
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)

@@ -23,7 +23,6 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from apimart import spec
+from tasks.atomic import write_atomically, write_text_atomically
 from tasks.download import file_sha256
 from tasks.layout import require_layout
 from tasks.ledger import LEDGER_FILE, LOCK_FILE, Ledger, RowRecord
@@ -129,12 +129,6 @@ def _shard_ids(path: Path) -> list[str]:
     return [str(v) for v in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
 
 
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    tmp.replace(path)
-
-
 def _write_shard_manifest(folder: Path, rows: list[ManifestRow], manifest: Manifest) -> Path:
     """Write shard k's manifest once; an existing one must hold exactly these rows."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -149,7 +143,7 @@ def _write_shard_manifest(folder: Path, rows: list[ManifestRow], manifest: Manif
                 "use a new output folder"
             )
     table = _shard_table(rows, manifest.extra_columns)
-    _write_atomically(path, lambda tmp: pq.write_table(table, tmp))
+    write_atomically(path, lambda handle: pq.write_table(table, handle))
     return path
 
 
@@ -163,7 +157,7 @@ def _read_plan(out: Path) -> dict[str, Any] | None:
 
 def _write_plan(out: Path, plan: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomically(out / PLAN_FILE, lambda tmp: tmp.write_text(json.dumps(plan, indent=1)))
+    write_text_atomically(out / PLAN_FILE, json.dumps(plan, indent=1))
 
 
 def _shard_ledgers(out: Path) -> list[Path]:
