@@ -1,25 +1,26 @@
-"""Helpers of the browser tests: a real `prefect server start`, a run against it, Chromium.
+"""Helpers of the browser tests: a run against a real `prefect server start`, Chromium.
 
-A plain module (tests/ is not a package). Every process started here is started in its own
-session and stopped by its own process-group id, so nothing survives a test.
+The server itself is tests/support/prefect_server.py's (this folder is a package, imported as
+`browser.browserkit`, so tests/ is on the path). Every process started here is started in its
+own session and stopped by its own process-group id, so nothing survives a test.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from playwright.sync_api import ViewportSize
+from support.files import tail as tail
+from support.net import free_port as free_port
+from support.prefect_server import PrefectServer as PrefectServer
+from support.processes import clean_env, stop_group
 
 from apimart.redact import secret_forms
 
@@ -64,115 +65,16 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT: ViewportSize = {"width": 1280, "height": 860}
 
-SERVER_STARTUP_S = 120.0
 RUN_TIMEOUT_S = 150.0
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return "(no output)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _bin(name: str) -> str:
-    """A console script of this virtual environment (beside the running interpreter)."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
-def _stop(process: subprocess.Popen[bytes], *, grace_s: float = 15.0) -> None:
-    """Stop a process started with `start_new_session=True`, and its children, by group id."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_", "APIMART_", "VIDEOBATCH_"))
-    }
-    env.update(
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="WARNING",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
-
-
-@dataclass(frozen=True)
-class PrefectServer:
-    url: str  # the UI, e.g. http://127.0.0.1:40123
-    home: Path
-
-    @property
-    def api_url(self) -> str:
-        return f"{self.url}/api"
-
-
-@contextlib.contextmanager
-def prefect_server(home: Path) -> Iterator[PrefectServer]:
-    """A real `prefect server start` (API and UI) on a free loopback port, with its own home."""
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = _clean_env(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_API_HOST="127.0.0.1",
-        PREFECT_SERVER_API_PORT=str(port),
-        # The UI asks this address for data; without it the page calls port 4200.
-        PREFECT_UI_API_URL=f"{url}/api",
-        PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="false",
-        PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE="200",
-        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE="500",
-        # Batches are flushed every 5 s by default: the page would wait for the last ones.
-        PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL="0.5",
-        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL="0.5",
-    )
-    log = home / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            cwd=home,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + SERVER_STARTUP_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"prefect server exited with {process.returncode}:\n{tail(log)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"prefect server not healthy in {SERVER_STARTUP_S}s:\n{tail(log)}"
-                )
-            time.sleep(0.25)
-        yield PrefectServer(url=url, home=home)
-    finally:
-        _stop(process)
+# The UI is what these tests look at: no promotions on it, and the last task runs and events
+# on it within a second (batches are flushed every 5 s by default, and the page would wait).
+UI_SERVER_SETTINGS = {
+    "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "0.5",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5",
+}
 
 
 @dataclass(frozen=True)
@@ -200,7 +102,7 @@ def run_videobatch(
     client_home = workdir / "prefect-client-home"
     client_home.mkdir(parents=True, exist_ok=True)
     log = workdir / "videobatch-run.log"
-    run_env = _clean_env(
+    run_env = clean_env(
         PREFECT_HOME=str(client_home),
         PREFECT_API_URL=server.api_url,
         APIMART_BASE_URL=sandbox_url,
@@ -227,7 +129,7 @@ def run_videobatch(
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"videobatch run took over {RUN_TIMEOUT_S}s:\n{tail(log)}") from None
         finally:
-            _stop(process, grace_s=5)
+            stop_group(process, grace_s=5)
     # Every run is checked, so no test can forget it (the pages are checked by the tests).
     assert_no_canary_under(log, workdir / out_arg)
     return FinishedRun(

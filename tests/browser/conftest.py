@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from support.files import tail
+from support.prefect_server import PrefectServer, prefect_server
 
 from apimart.sandbox import FaultRule, Faults, SandboxConfig, run_in_thread
 from browser.browserkit import (
@@ -22,12 +24,10 @@ from browser.browserkit import (
     CHROMIUM,
     CHROMIUM_ARGS,
     FAILING_PROMPT,
+    UI_SERVER_SETTINGS,
     VIEWPORT,
     FinishedRun,
-    PrefectServer,
-    prefect_server,
     run_videobatch,
-    tail,
 )
 
 # A single-page app on a 2-core machine under load: be patient before calling it missing.
@@ -79,7 +79,8 @@ def page(browser: Browser) -> Iterator[Page]:
 @pytest.fixture(scope="package")
 def prefect_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     """A real `prefect server start`, UI included (the test harness serves no UI)."""
-    with prefect_server(tmp_path_factory.mktemp("prefect-server-home")) as server:
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    with prefect_server(home, settings=UI_SERVER_SETTINGS) as server:
         yield server
 
 

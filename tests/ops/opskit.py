@@ -1,26 +1,28 @@
 """Helpers of the operations tests: real processes (Prefect server, sandbox, workers) on loopback.
 
-A plain module (tests/ is not a package). Every process is started in its own session, its
-output goes to a log file, and `Processes.stop_all` ends each one by its own id.
+A plain module (tests/ is not a package); what other kits share comes from tests/support/
+(the Prefect server among it). Every process is started in its own session, its output goes
+to a log file, and `Processes.stop_all` ends each one by its own id.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
+import support.manifests
+from support.files import tail as tail
+from support.net import free_port as free_port
+from support.waiting import wait_for as wait_for
 
 from apimart.redact import secret_forms
 
@@ -38,47 +40,6 @@ def canary_leaks(path: Path) -> list[str]:
     except FileNotFoundError:
         return []
     return [form for form in CANARY_FORMS if form.encode() in data]
-
-
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(
-    check: Callable[[], T | None],
-    *,
-    timeout: float,
-    what: str,
-    interval: float = 0.5,
-    logs: list[Path] | None = None,
-) -> T:
-    """Poll `check` until it returns something truthy; fail with `what` (and log tails)."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except Exception as exc:  # a server that is not up yet
-            last_error = exc
-        time.sleep(interval)
-    tails = "".join(f"\n--- {p.name} ---\n{tail(p)}" for p in logs or [])
-    raise AssertionError(
-        f"timed out after {timeout:.0f}s waiting for {what} ({last_error!r}){tails}"
-    )
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
 
 
 def descendants(pid: int) -> list[int]:
@@ -185,7 +146,8 @@ class Processes:
 
 
 def prefect_env(home: Path, api_url: str) -> dict[str, str]:
-    """The environment of every Prefect process of the test: isolated home, tuned server."""
+    """The environment of every process of the test but the server (deploy, sandbox, workers):
+    the server's home, its API, workers that look for runs every 2 s."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -195,17 +157,21 @@ def prefect_env(home: Path, api_url: str) -> dict[str, str]:
         PREFECT_HOME=str(home),
         PREFECT_API_URL=api_url,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE="200",
-        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE="500",
         PREFECT_WORKER_QUERY_SECONDS="2",
-        # Nothing here reads stored events, and they are most of the server's SQLite writes:
-        # under two polling workers those writes stalled the API for a minute ("database is
-        # locked"), so the test server does not keep them.
-        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED="false",
+        # The readiness check reads "Worker '...' started" (INFO) from a worker's log.
         PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+OPS_SERVER_SETTINGS = {
+    # Nothing here reads stored events, and they are most of the server's SQLite writes: under
+    # two polling workers those writes stalled the API for a minute ("database is locked"), so
+    # the test server does not keep them.
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO",
+}
 
 
 def prefect(*args: str) -> list[str]:
@@ -217,20 +183,20 @@ def videobatch(*args: str) -> list[str]:
 
 
 def write_manifest(path: Path, name: str, rows: int) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "prompt", "duration", "resolution", "campaign"])
-        for i in range(rows):
-            writer.writerow(
-                [
-                    f"{name}-{i:03d}",
-                    f"{name} clip {i}: a paper boat drifts down a rainy street at dusk",
-                    4,
-                    "720p",
-                    f"batch-{i % 3}",
-                ]
-            )
-    return path
+    """`rows` cheap rows named `NAME-000`, ... in three campaigns, as a CSV manifest."""
+    return support.manifests.write_manifest(
+        path,
+        [
+            {
+                "id": f"{name}-{i:03d}",
+                "prompt": prompt_of(name, i),
+                "duration": 4,
+                "resolution": "720p",
+                "campaign": f"batch-{i % 3}",
+            }
+            for i in range(rows)
+        ],
+    )
 
 
 def prompt_of(name: str, i: int) -> str:
@@ -327,6 +293,7 @@ class Stack:
     env: dict[str, str]
     procs: Processes
     tmp: Path
+    server_log: Path
     workers: dict[str, Proc] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -350,4 +317,4 @@ class Stack:
         )
 
     def logs(self) -> list[Path]:
-        return [p.log for p in self.procs.started]
+        return [self.server_log, *(p.log for p in self.procs.started)]
