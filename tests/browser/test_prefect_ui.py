@@ -73,6 +73,7 @@ def _rows(run: FinishedRun) -> list[dict[str, Any]]:
 def test_flow_run_and_artifacts_in_the_prefect_ui(
     demo_run: FinishedRun, page: Page, screenshots: Path
 ) -> None:
+    """The Prefect UI shows the run completed with its four artifacts, rows and totals."""
     run = demo_run
     assert run.returncode == EXIT_INCOMPLETE, f"exit {run.returncode}:\n{tail(run.log)}"
     rows = _rows(run)

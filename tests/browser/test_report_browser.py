@@ -25,6 +25,7 @@ def _money(value: float) -> str:
 def test_report_renders_with_numbers_of_the_results_table(
     demo_run: FinishedRun, page: Page, screenshots: Path
 ) -> None:
+    """report.html renders in Chromium with the results' numbers, loading nothing else."""
     report = demo_run.out / "report.html"
     assert report.is_file(), "the run wrote no report.html"
     rows: list[dict[str, Any]] = pq.read_table(demo_run.out / "results.parquet").to_pylist()

@@ -70,6 +70,7 @@ def merged(out: Path) -> dict[str, list[Any]]:
 
 
 def test_sharded_run_spreads_over_both_workers(stack: Stack) -> None:
+    """A sharded deployment run spreads its shards over both workers; one task per row."""
     manifest = write_manifest(stack.tmp / "big1.csv", "big1", ROWS)
     out = stack.tmp / "out" / "big1"
     started = time.monotonic()
@@ -100,6 +101,7 @@ def test_sharded_run_spreads_over_both_workers(stack: Stack) -> None:
 
 
 def test_worker_killed_mid_run_then_rerun_pays_nothing_twice(stack: Stack) -> None:
+    """A worker killed mid-shard, then a rerun: every row done once or held unknown."""
     manifest = write_manifest(stack.tmp / "big2.csv", "big2", ROWS)
     out = stack.tmp / "out" / "big2"
     # Two jobs in flight per shard: five waves of 2-3 s, so a shard lasts long enough to kill.
@@ -156,6 +158,7 @@ def test_worker_killed_mid_run_then_rerun_pays_nothing_twice(stack: Stack) -> No
 
 
 def test_inbox_files_good_and_unreadable_manifests(stack: Stack) -> None:
+    """Two inbox ticks at once never overlap; good manifests run and are filed, bad rejected."""
     inbox = stack.tmp / "inbox"
     inbox.mkdir()
     good = write_manifest(inbox / "good.csv", "inbox-good", 5)
