@@ -23,7 +23,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from tasks.artifacts import artifact_key, publish_estimate, publish_results
-from tasks.download import file_sha256
+from tasks.hashing import file_sha256
 from tasks.layout import require_layout
 from tasks.manifest import read_manifest
 from tasks.options import RunOptions

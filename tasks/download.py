@@ -16,7 +16,6 @@ a file that does not decode or a disk that is full end the row at once as `downl
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -27,6 +26,9 @@ from apimart.download import DownloadUnavailable
 from apimart.errors import DownloadError, LinkExpiredError
 from apimart.models import Video
 from tasks.atomic import replace_durably
+
+# Re-exported: callers have long imported it from here.
+from tasks.hashing import file_sha256 as file_sha256
 from tasks.poll import TRANSIENT
 from tasks.probe import VideoUnreadable, probe_video
 from tasks.runtime import Runtime, get_runtime, retry_when, run_logger
@@ -37,14 +39,6 @@ VIDEOS_DIR = "videos"
 
 def video_relpath(row_id: str) -> str:
     return f"{VIDEOS_DIR}/{row_id}.mp4"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def staging_path(dest: Path) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from tasks.download import file_sha256
+from tasks.hashing import file_sha256
 from tasks.ledger import LEDGER_FILE, Ledger
 from tasks.manifest import SUFFIXES
 from tasks.options import RunOptions

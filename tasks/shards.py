@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from apimart import spec
 from tasks.atomic import write_atomically, write_text_atomically
-from tasks.download import file_sha256
+from tasks.hashing import file_sha256
 from tasks.layout import require_layout
 from tasks.ledger import LEDGER_FILE, LOCK_FILE, Ledger, RowRecord
 from tasks.manifest import Manifest, ManifestRow, read_manifest
