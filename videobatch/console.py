@@ -1,10 +1,12 @@
-"""What each command prints, and the exit code it returns. Imports of Prefect stay lazy here:
-`videobatch --help` and `videobatch validate` should not pay for starting it.
+"""What each command prints, and the exit code it returns.
+
+Imports stay lazy here, each inside the command that needs it: `videobatch --help` and `status`
+import neither Prefect nor pandas, `validate` and `results` not Prefect, so the read-only
+commands answer at once (tests/cli/test_startup_budget.py pins it; bench/startup.py times it).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import threading
@@ -15,13 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
-from tasks.options import RunOptions
 
 if TYPE_CHECKING:
     from tasks.manifest import Manifest
+    from tasks.options import RunOptions
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_STOPPED = 0, 1, 2
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
@@ -58,7 +57,7 @@ def _manifest_or_exit(path: str, assets: str | None) -> Manifest | None:
 
 
 def dry_run(options: RunOptions) -> int:
-    from tasks.run import estimate_run
+    from tasks.estimate import estimate_run
 
     manifest = _manifest_or_exit(options.manifest, options.assets)
     if manifest is None:
@@ -144,6 +143,14 @@ class _Watcher:
 
     def _loop(self) -> None:
         if sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             with Progress(
                 TextColumn("[bold]videos"),
                 BarColumn(),
@@ -196,6 +203,8 @@ def run(options: RunOptions, *, sandbox: bool) -> int:
         return EXIT_STOPPED
     for row in manifest.invalid_rows:
         err.print(f"[red]invalid, not sent:[/] {row.message}", highlight=False)
+    import asyncio
+
     from flows.generate import generate_videos
 
     try:
@@ -269,8 +278,8 @@ def _refusal_before_start(options: RunOptions, manifest: Manifest, *, sandbox: b
             check_api_key(key)
         except AuthenticationError as exc:
             return f"{exc}. Nothing was sent."
+    from tasks.conflicts import ledger_conflicts
     from tasks.ledger import LEDGER_FILE, Ledger
-    from tasks.run import ledger_conflicts
 
     if not (out / LEDGER_FILE).exists():
         return None
@@ -299,9 +308,9 @@ def _layout_refusal(out: Path, want: Literal["plain", "sharded"] | None) -> str 
 def _results_after_interrupt(options: RunOptions, manifest: Manifest) -> int | None:
     """Write the results table from the ledger as it stands when a run is cut short; return
     how many rows were mid-POST (None when there was nothing to write from)."""
+    from tasks.conflicts import ledger_conflicts, records_for_results
     from tasks.ledger import DOUBTFUL, Ledger
     from tasks.results import build_results, write_results
-    from tasks.run import ledger_conflicts, records_for_results
 
     try:
         with Ledger(options.out, readonly=True) as ledger:
@@ -322,6 +331,8 @@ def _results_after_interrupt(options: RunOptions, manifest: Manifest) -> int | N
 
 
 def _print_statuses(statuses: dict[str, int], *, title: str) -> None:
+    from rich.table import Table
+
     table = Table(title=title)
     table.add_column("status")
     table.add_column("rows", justify="right")
@@ -341,8 +352,8 @@ def _ledger_folders(out: Path) -> list[Path]:
     """OUT itself, or the shard folders of a sharded run into OUT."""
     if not _is_sharded(out):
         return [out]
-    from tasks.ledger import LEDGER_FILE
-    from tasks.shards import SHARDS_DIR
+    # From tasks.layout, not tasks.shards: `status` must not import pyarrow and Prefect.
+    from tasks.layout import LEDGER_FILE, SHARDS_DIR
 
     return sorted(p for p in (out / SHARDS_DIR).glob("shard-*") if (p / LEDGER_FILE).exists())
 
@@ -384,9 +395,9 @@ def status(out: Path) -> int:
 
 
 def rebuild_results(out: Path, manifest_path: Path | None) -> int:
+    from tasks.conflicts import ledger_conflicts, records_for_results
     from tasks.ledger import Ledger
     from tasks.results import build_results, write_results
-    from tasks.run import ledger_conflicts, records_for_results
 
     refusal = _layout_refusal(out, None)
     if refusal:

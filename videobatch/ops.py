@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
@@ -10,6 +9,8 @@ from videobatch.console import EXIT_OK, EXIT_STOPPED, err, out_console
 
 
 def deploy(project: Path) -> int:
+    import asyncio
+
     from tasks.setup import DEPLOYMENTS, deploy_all, ensure_prefect_objects
 
     if not os.environ.get("PREFECT_API_URL"):
