@@ -21,8 +21,9 @@ Sandbox = Any
 MakeSandbox = Callable[..., Sandbox]
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def _no_retry_waits() -> Iterator[None]:
+    """Flow tests retry at once; per test, so the switch never outlives this folder's tests."""
     with retry.no_waits():
         yield
 
