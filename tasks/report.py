@@ -34,6 +34,7 @@ from tasks.results import FIXED_COLUMNS
 from tasks.states import Status
 from tasks.summary import column_values as _column
 from tasks.summary import finite_number as _number
+from tasks.summary import money, seconds
 
 REPORT_FILE = "report.html"
 RESULTS_FILE = "results.parquet"
@@ -69,18 +70,6 @@ def _colour(status: str) -> str:
 
 def _esc(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
-
-
-def _money(value: float) -> str:
-    return f"${value:,.2f}"
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "–"
-    if value >= 120:
-        return f"{value / 60:.1f} min"
-    return f"{value:.1f} s"
 
 
 def _plural(count: int, noun: str) -> str:
@@ -456,13 +445,13 @@ def _cost_table(title: str, table_id: str, groups: dict[str, dict[str, float | i
     rows = []
     for label, group in groups.items():
         videos, cost = int(group["videos"]), float(group["cost"])
-        per_video = _money(cost / videos) if videos else "–"
+        per_video = money(cost / videos) if videos else "–"
         rows.append(
             f'<tr data-key="{_esc(label)}"><td>{_esc(label)}</td>'
             f'<td class="num">{int(group["rows"])}</td><td class="num">{videos}</td>'
             f'<td class="barcell">{_bar_svg(cost, peak)}</td>'
-            f'<td class="num cost" data-value="{cost!r}">{_money(cost)}</td>'
-            f'<td class="num">{_money(float(group["estimated"]))}</td>'
+            f'<td class="num cost" data-value="{cost!r}">{money(cost)}</td>'
+            f'<td class="num">{money(float(group["estimated"]))}</td>'
             f'<td class="num">{per_video}</td></tr>'
         )
     body = "".join(rows) or '<tr><td colspan="7" class="empty">no rows</td></tr>'
@@ -523,8 +512,8 @@ def _card(row: dict[str, Any], thumb: Thumbnail | None, has_file: bool, extras: 
             row.get("resolution"),
             f"{row['duration']} s" if row.get("duration") is not None else None,
             row.get("aspect_ratio"),
-            _money(cost) if cost is not None else None,
-            f"gen {_seconds(generation)}" if generation is not None else None,
+            money(cost) if cost is not None else None,
+            f"gen {seconds(generation)}" if generation is not None else None,
         )
         if part
     )
@@ -592,7 +581,7 @@ def render_report(out: Path, table: pa.Table) -> str:
             _tile(
                 "money spent",
                 "total-cost",
-                _money(numbers["cost"]),
+                money(numbers["cost"]),
                 numbers["cost"],
                 note="real cost reported by the API",
             ),
@@ -607,7 +596,7 @@ def render_report(out: Path, table: pa.Table) -> str:
             _tile(
                 "money at risk",
                 "at-risk",
-                _money(numbers["at_risk"]),
+                money(numbers["at_risk"]),
                 numbers["at_risk"],
                 note=f"estimated, {_plural(numbers['unknown_rows'], 'unknown row')}",
                 css="risk" if numbers["unknown_rows"] else "",
@@ -624,8 +613,8 @@ def render_report(out: Path, table: pa.Table) -> str:
         histogram = (
             f'<div class="panel"><div class="stats">'
             f'<span>median <b id="median-generation" data-value="{median!r}">'
-            f"{_seconds(median)}</b></span>"
-            f'<span>p95 <b id="p95-generation" data-value="{p95!r}">{_seconds(p95)}</b></span>'
+            f"{seconds(median)}</b></span>"
+            f'<span>p95 <b id="p95-generation" data-value="{p95!r}">{seconds(p95)}</b></span>'
             f"<span>over <b>{len(generation)}</b> completed videos</span></div>"
             f"{_histogram_svg(generation, median, p95)}</div>"
         )

@@ -20,7 +20,9 @@ __all__ = [
     "ARTIFACT_COLUMNS",
     "FailureReason",
     "Summary",
+    "money",
     "results_table_for_artifact",
+    "seconds",
     "summarize",
     "summary_markdown",
 ]
@@ -123,15 +125,15 @@ def summary_markdown(summary: Summary, *, title: str) -> str:
     lines = [
         f"# {_inline(title)}",
         "",
-        f"**{s.videos} of {s.rows} videos made** · spent **{_money(s.spent)}**"
+        f"**{s.videos} of {s.rows} videos made** · spent **{money(s.spent)}**"
         f" · {_bytes(s.total_bytes)} of video",
         "",
     ]
     if s.estimated_remaining:
-        lines.append(f"- Estimated cost of rows not done yet: {_money(s.estimated_remaining)}")
+        lines.append(f"- Estimated cost of rows not done yet: {money(s.estimated_remaining)}")
     if s.at_risk:
         lines.append(
-            f"- **At risk: {_money(s.at_risk)}** over {s.by_status.get(Status.UNKNOWN, 0)} row(s)"
+            f"- **At risk: {money(s.at_risk)}** over {s.by_status.get(Status.UNKNOWN, 0)} row(s)"
             " whose submission outcome is unknown; check them before resending"
         )
     if s.estimated_remaining or s.at_risk:
@@ -158,8 +160,8 @@ def summary_markdown(summary: Summary, *, title: str) -> str:
         lines.append("No completed video reported a generation time.")
     else:
         lines.append(
-            f"Generation time of completed videos: median {_seconds(s.generation_median_s)},"
-            f" p95 {_seconds(s.generation_p95_s)}."
+            f"Generation time of completed videos: median {seconds(s.generation_median_s)},"
+            f" p95 {seconds(s.generation_p95_s)}."
         )
     return "\n".join(lines) + "\n"
 
@@ -261,12 +263,13 @@ def _cell(text: str) -> str:
     return text if len(text) <= _EXAMPLE_CHARS else text[: _EXAMPLE_CHARS - 1] + "…"
 
 
-def _money(value: float) -> str:
-    # Same unit and rounding as report.html, so the two never disagree on a total.
+def money(value: float) -> str:
+    """Dollars to the cent; summary.md and report.html both use it, so they never disagree."""
     return f"${value:,.2f}"
 
 
-def _seconds(value: float | None) -> str:
+def seconds(value: float | None) -> str:
+    """A duration for people: seconds, or minutes from two minutes on; a dash when unknown."""
     if value is None:
         return "–"
     return f"{value / 60:.1f} min" if value >= 120 else f"{value:.1f} s"
