@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Literal
 
 from rich.console import Console
 
+# Light (the standard library only): every command may import it.
+from tasks.states import DONE, DOUBTFUL
+
 if TYPE_CHECKING:
     from tasks.manifest import Manifest
     from tasks.options import RunOptions
@@ -31,19 +34,6 @@ SANDBOX_POLL_S = 1.0
 # so logs and `grep` see each row's problem whole.
 out_console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-
-# Ledger states that need no more work in this run.
-_DONE_STATES = (
-    "downloaded",
-    "failed",
-    "cancelled",
-    "rejected",
-    "download_failed",
-    "skipped_budget",
-    "skipped_payment",
-    "unknown",
-    "timeout",
-)
 
 
 def _manifest_or_exit(path: str, assets: str | None) -> Manifest | None:
@@ -173,7 +163,7 @@ class _Watcher:
                 last = line
 
     def _done(self, counts: dict[str, int]) -> int:
-        return sum(counts.get(s, 0) for s in _DONE_STATES)
+        return sum(counts.get(s, 0) for s in DONE)
 
     def _line(self, counts: dict[str, int]) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v)
@@ -309,7 +299,7 @@ def _results_after_interrupt(options: RunOptions, manifest: Manifest) -> int | N
     """Write the results table from the ledger as it stands when a run is cut short; return
     how many rows were mid-POST (None when there was nothing to write from)."""
     from tasks.conflicts import ledger_conflicts, records_for_results
-    from tasks.ledger import DOUBTFUL, Ledger
+    from tasks.ledger import Ledger
     from tasks.results import build_results, write_results
 
     try:
@@ -361,7 +351,7 @@ def _ledger_folders(out: Path) -> list[Path]:
 def status(out: Path) -> int:
     from collections import Counter
 
-    from tasks.ledger import DOUBTFUL, LOCK_FILE, Ledger
+    from tasks.ledger import LOCK_FILE, Ledger
 
     refusal = _layout_refusal(out, None)
     if refusal:
