@@ -26,18 +26,16 @@ from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from tasks.atomic import write_text_atomically
 from tasks.probe import Thumbnail, first_frame_thumbnail
-from tasks.results import FIXED_COLUMNS
+from tasks.results import FIXED_COLUMNS, read_results
 from tasks.states import Status
 from tasks.summary import column_values as _column
 from tasks.summary import finite_number as _number
 from tasks.summary import money, seconds
 
 REPORT_FILE = "report.html"
-RESULTS_FILE = "results.parquet"
 THUMB_WIDTH = 240
 PROMPT_CHARS = 140
 # PyAV releases the GIL while decoding and scaling, so threads give real parallelism here.
@@ -667,11 +665,12 @@ def render_report(out: Path, table: pa.Table) -> str:
 def write_report(out: Path | str, table: pa.Table | None = None) -> str:
     """Write `OUT/report.html` atomically and return its absolute `file://` URI.
 
-    `table` defaults to `OUT/results.parquet`. Videos are looked up as `OUT/<video_path>`.
+    `table` defaults to `OUT/results.parquet` (`read_results`). Videos are looked up as
+    `OUT/<video_path>`.
     """
     folder = Path(out)
     if table is None:
-        table = pq.read_table(folder / RESULTS_FILE)
+        table = read_results(folder)
     target = folder / REPORT_FILE
     write_text_atomically(target, render_report(folder, table))
     return target.resolve().as_uri()
