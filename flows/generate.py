@@ -24,6 +24,7 @@ from tasks.run import estimate_run, finish_run, ledger_conflicts, open_run, rows
 from tasks.runtime import Runtime, run_logger
 from tasks.states import DOWNLOADABLE, TO_POLL, State
 from tasks.submit import submit_task
+from tasks.summary import flow_outcome
 
 
 async def _one_row(
@@ -100,13 +101,8 @@ async def generate_videos(options: RunOptions) -> dict[str, Any]:
             raise RunStopped(stopped)
         for error in errors:
             log.error("a row failed unexpectedly: %r", error)
-        statuses = table.column("status").to_pylist()
         return {
-            "out": options.out,
-            "rows": len(statuses),
-            "completed": statuses.count("completed"),
-            "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
-            "summary": markdown,
+            **flow_outcome(options.out, table, markdown),
             "held": [c.message for c in check.held],
         }
 

@@ -32,6 +32,7 @@ from tasks.run import estimate_run
 from tasks.runtime import run_logger
 from tasks.shard_runs import ShardWatch, run_shard
 from tasks.shards import ShardPlanError, merge_shards, plan_shards, saved_plan
+from tasks.summary import flow_outcome
 
 SHARD_DEPLOYMENT = "generate-videos/generate-videos"
 
@@ -81,15 +82,10 @@ async def generate_sharded(
     markdown = await publish_results(
         table, key=artifact_key(options.out), title=f"videobatch {options.out}", report=report
     )
-    statuses = table.column("status").to_pylist()
     summary = {
-        "out": str(plan.out),
-        "rows": len(statuses),
-        "completed": statuses.count("completed"),
-        "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
+        **flow_outcome(str(plan.out), table, markdown),
         "shards": states,
         "stale": list(plan.stale),
-        "summary": markdown,
     }
     unfinished = {k: v for k, v in states.items() if v != "Completed"}
     if unfinished:

@@ -20,6 +20,7 @@ __all__ = [
     "ARTIFACT_COLUMNS",
     "FailureReason",
     "Summary",
+    "flow_outcome",
     "money",
     "results_table_for_artifact",
     "seconds",
@@ -117,6 +118,19 @@ def summarize(table: pa.Table) -> Summary:
         generation_p95_s=_quantile(generation, 0.95),
         total_bytes=int(sum(b for b in sizes if b is not None)),
     )
+
+
+def flow_outcome(out: str, table: pa.Table, markdown: str) -> dict[str, Any]:
+    """What a generate flow returns about its results table: the folder, its rows, how many
+    made a video, rows by status (sorted) and the markdown summary published for it."""
+    statuses = table.column("status").to_pylist()
+    return {
+        "out": out,
+        "rows": len(statuses),
+        "completed": statuses.count(Status.COMPLETED),
+        "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
+        "summary": markdown,
+    }
 
 
 def summary_markdown(summary: Summary, *, title: str) -> str:
