@@ -42,7 +42,6 @@ class Runtime:
     out: Path
     # Fresh signed links live only in memory: they are credentials and never stored.
     links: dict[str, Video] = field(default_factory=dict)
-    on_row_done: Callable[[str, str], None] | None = None
     # Per row, the monotonic time this run stops polling it: set by its first poll, kept by
     # every later entry (a retry of the step included), so no retry restarts the clock.
     poll_deadlines: dict[str, float] = field(default_factory=dict)

@@ -6,7 +6,6 @@ server thread (and its render worker threads) change them.
 
 from __future__ import annotations
 
-import copy
 import secrets
 import threading
 from collections import defaultdict
@@ -175,7 +174,3 @@ class SandboxState:
     def add_bytes(self, n: int) -> None:
         with self.lock:
             self.counters.bytes_served += n
-
-    def copy_counters(self) -> Counters:
-        with self.lock:
-            return copy.deepcopy(self.counters)
