@@ -129,7 +129,9 @@ class _PartFile:
         # A fixed name, truncated on open: a process killed mid-download leaves one
         # `.NAME.part`, which the next download of the same video reuses instead of
         # piling up. One writer per destination at a time is the caller's promise.
-        self.path = dest.with_name(f".{dest.name}.part")
+        # A destination already hidden (a video staged for verification) is not hidden twice.
+        hidden = dest.name if dest.name.startswith(".") else f".{dest.name}"
+        self.path = dest.with_name(f"{hidden}.part")
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.file = os.fdopen(fd, "wb")
         self.hasher = hashlib.sha256()

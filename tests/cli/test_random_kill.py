@@ -74,7 +74,9 @@ SLOW_API = Faults(
     trickle_bytes_per_s=100_000,
 )
 # A hidden file in videos/ (a `.part` being written, say) is no claim that a video is there.
-HIDDEN_FILE = re.compile(r"^\.(?P<id>.+)\.mp4\.[a-z]+$")
+# Hidden names: `.ID.mp4.part` (a download under way), `.ID.mp4.verifying` (whole, not yet
+# recorded), `.ID.mp4.verifying.part`, `.ID.mp4.undecodable` (paid bytes that do not decode).
+HIDDEN_FILE = re.compile(r"^\.(?P<id>.+?)\.mp4(?:\.[a-z]+)+$")
 # Ledger events after which a POST certainly created nothing.
 CREATED_NOTHING = frozenset({"throttled", "rejected", "not-sent", "payment-required", "skipped"})
 
