@@ -69,6 +69,7 @@ import pyarrow.parquet as pq
 from apimart import netguard, spec
 from apimart.errors import RequestValidationError
 from apimart.models import VideoRequest
+from tasks.errors import ManifestError
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_BYTES",
@@ -123,10 +124,6 @@ _URL_UNSAFE_CHARS: Final = re.compile(r"[\x00-\x20\x7f\\]")
 _RESOLVE_WORKERS: Final = 32
 # Written by pandas.to_parquet for a non-default index: not a manifest column.
 _PANDAS_INDEX: Final = re.compile(r"__index_level_[0-9]+__")
-
-
-class ManifestError(Exception):
-    """The manifest cannot be read at all. The message names the file (and line when known)."""
 
 
 @dataclass(frozen=True)

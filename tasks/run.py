@@ -22,6 +22,7 @@ from apimart.errors import AuthenticationError
 from tasks.conflicts import Conflict as Conflict
 from tasks.conflicts import LedgerCheck, ledger_conflicts, records_for_results, renewed_record
 from tasks.conflicts import holds_money as holds_money
+from tasks.errors import ManifestConflict, RunRefused
 from tasks.estimate import TASK_MINUTES as TASK_MINUTES
 from tasks.estimate import Estimate as Estimate
 from tasks.estimate import estimate_run as estimate_run
@@ -57,14 +58,6 @@ __all__ = [
     "renewed_record",
     "rows_needing_work",
 ]
-
-
-class RunRefused(Exception):
-    """The run cannot start (no key, unreadable manifest): nothing was sent."""
-
-
-class ManifestConflict(RunRefused):
-    """The output folder belongs to another version of this manifest: nothing was sent."""
 
 
 _RENEWED_FIELDS = (
