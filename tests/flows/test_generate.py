@@ -279,7 +279,10 @@ async def test_canary_key_reaches_no_file_log_or_artifact(
     out = tmp_path / "out"
     caplog.set_level(logging.DEBUG)
     with debug_logs_to_prefect():
-        await generate_videos(options=fast_options(manifest, out, sb.url, report=True))
+        state = await generate_videos(
+            options=fast_options(manifest, out, sb.url, report=True), return_state=True
+        )
+    run_id = state.state_details.flow_run_id
 
     assert_no_canary_in_files(out)
     for path in out.rglob("*"):
@@ -290,13 +293,21 @@ async def test_canary_key_reaches_no_file_log_or_artifact(
     assert not [text for text in texts if "sig=" in text]
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
 
     async with get_client() as client:
         artifacts = await client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="videobatch-"))
         )
-        logs = await client.read_logs()
+        # This run's lines only: the session's server holds every earlier test's logs too.
+        logs = await client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+        )
     assert artifacts, "the run published no artifacts"
     kinds = {a.type for a in artifacts}
     assert {"progress", "table", "markdown"} <= kinds
