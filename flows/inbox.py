@@ -23,6 +23,7 @@ from prefect import flow
 from prefect.concurrency.asyncio import concurrency
 
 from flows.generate import generate_videos
+from tasks.errors import InboxErrors
 from tasks.inbox import (
     INBOX_LIMIT,
     check_defaults,
@@ -42,10 +43,6 @@ from tasks.options import RunOptions
 from tasks.results import read_results
 from tasks.run import ManifestConflict, estimate_run
 from tasks.runtime import run_logger
-
-
-class InboxErrors(Exception):
-    """Some manifests could not be run this tick; they stay in the inbox for the next one."""
 
 
 @flow(name="inbox", log_prints=False, validate_parameters=True)

@@ -23,6 +23,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from tasks.artifacts import artifact_key, publish_estimate, publish_results
+from tasks.errors import ShardsIncomplete
 from tasks.hashing import file_sha256
 from tasks.layout import require_layout
 from tasks.manifest import read_manifest
@@ -35,10 +36,6 @@ from tasks.shards import ShardPlanError, merge_shards, plan_shards, saved_plan
 from tasks.summary import flow_outcome
 
 SHARD_DEPLOYMENT = "generate-videos/generate-videos"
-
-
-class ShardsIncomplete(Exception):
-    """Some shard did not complete; the merged results say which rows are missing."""
 
 
 @flow(name="generate-sharded", log_prints=False, validate_parameters=True)

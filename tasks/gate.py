@@ -12,16 +12,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from tasks.errors import RunStopped
+
 # The longest Retry-After one run waits for; the client's own retries stop at the same hint.
 MAX_PAUSE_S = 120.0
 # A 429 without a Retry-After pauses everyone this long.
 DEFAULT_PAUSE_S = 5.0
 # The slowest a run of 429s can push the rate (submissions per second).
 MIN_RATE = 0.05
-
-
-class RunStopped(Exception):
-    """The whole run must stop now (authentication failed, no such route): nothing else is sent."""
 
 
 @dataclass

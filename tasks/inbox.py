@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from tasks.errors import InboxRefused
 from tasks.hashing import file_sha256
 from tasks.ledger import LEDGER_FILE, Ledger
 from tasks.manifest import SUFFIXES
@@ -33,10 +34,6 @@ DONE_DIR, REJECTED_DIR = "done", "rejected"
 INBOX_LIMIT = "videobatch-inbox"
 # A file still being written (copied in over a network) should not be read half-way.
 SETTLE_SECONDS = 2.0
-
-
-class InboxRefused(ValueError):
-    """The inbox's run options ask for something a scheduled run must never do."""
 
 
 def check_defaults(defaults: RunOptions | None) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from tasks.errors import LayoutMismatch
+
 Layout = Literal["empty", "plain", "sharded"]
 
 # The names are restated here (not imported from tasks.ledger / tasks.shards) so that this
@@ -21,16 +23,6 @@ Layout = Literal["empty", "plain", "sharded"]
 LEDGER_FILE = "ledger.sqlite"
 PLAN_FILE = "shards.json"
 SHARDS_DIR = "shards"
-
-
-class LayoutMismatch(Exception):
-    """The output folder holds another kind of run than the one asked for; nothing was sent."""
-
-    def __init__(self, out: Path, holds: str, want: str, message: str) -> None:
-        super().__init__(message)
-        self.out = out
-        self.holds = holds
-        self.want = want
 
 
 def _sharded_marks(out: Path) -> list[str]:

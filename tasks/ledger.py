@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from apimart.models import VideoRequest
+from tasks.errors import LedgerLocked
 
 # The states and their groupings live in tasks.states; they are re-exported here so code that
 # has always imported them from the ledger keeps working.
@@ -122,10 +123,6 @@ def request_hash(request: VideoRequest) -> str:
     payload["image_urls"] = [hashlib.sha256(u.encode()).hexdigest() for u in request.image_urls]
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
-
-
-class LedgerLocked(RuntimeError):
-    """Another live process holds the output folder."""
 
 
 class FolderLock:

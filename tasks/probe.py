@@ -8,12 +8,10 @@ from pathlib import Path
 
 import av
 
+from tasks.errors import VideoUnreadable
+
 # Encoders round durations to whole frames and containers pad a little: be lenient by this much.
 DURATION_TOLERANCE_S = 0.6
-
-
-class VideoUnreadable(Exception):
-    """The file is not a decodable video."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from apimart import spec
 from tasks.atomic import write_atomically, write_text_atomically
+from tasks.errors import ShardPlanError
 from tasks.hashing import file_sha256
 from tasks.layout import require_layout
 from tasks.ledger import LEDGER_FILE, LOCK_FILE, Ledger, RowRecord
@@ -46,10 +47,6 @@ SHARD_MANIFEST = "manifest.parquet"
 PLAN_VERSION = 2
 
 log = logging.getLogger("videobatch.shards")
-
-
-class ShardPlanError(ValueError):
-    """The output folder holds shards that do not belong to this manifest."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from apimart.errors import (
     UnsendableRequest,
 )
 from apimart.models import SubmitResult, VideoRequest
+from tasks.errors import TaskNotRecorded
 from tasks.ledger import RowRecord, request_hash
 from tasks.options import RunOptions
 from tasks.runtime import Runtime, get_runtime, run_logger
@@ -38,21 +39,6 @@ MAX_THROTTLED_ROUNDS = 8
 # How long a cancelled run still waits for a POST under way to answer and be recorded.
 ANSWER_GRACE_S = 90.0
 RECORD_TRIES = 5
-
-
-class TaskNotRecorded(Exception):
-    """A POST created a task, which is paid for, but the ledger would not store its id.
-
-    Never to be read as "not sent": the row stays `intent` in the ledger (the next run holds
-    it as `unknown`), and the task id is in this message and in the log.
-    """
-
-    def __init__(self, row_id: str, task_id: str, cause: BaseException) -> None:
-        self.row_id, self.task_id = row_id, task_id
-        super().__init__(
-            f"row {row_id}: PAID task {task_id} was created but the ledger refused to record "
-            f"it ({type(cause).__name__}: {cause}); the run stops before anything else is paid"
-        )
 
 
 async def _post_and_record(
