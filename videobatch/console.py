@@ -7,6 +7,7 @@ commands answer at once (tests/cli/test_startup_budget.py pins it; bench/startup
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -36,13 +37,109 @@ out_console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+# --- the application's errors at the boundary: one line each, and an exit code ------------
+
+# What the command line says of each error of tasks/errors.py (see its tree): the words the
+# line starts with, the rest of the line, and the exit code. Looked up by class name along the
+# class's MRO (most specific first), so that an error still defined in its older module
+# (tasks.gate, tasks.ledger, ...) is reported exactly as the one in tasks.errors.
+_FAILURES: dict[str, tuple[str, str, int]] = {
+    "RunStopped": ("stopped", "{exc}. Results so far are in {out}.", EXIT_STOPPED),
+    "TaskNotRecorded": ("stopped", "{exc}. Results so far are in {out}.", EXIT_STOPPED),
+    "ManifestError": ("cannot read the manifest", "{exc}", EXIT_STOPPED),
+    "RunRefused": ("not started", "{exc}", EXIT_STOPPED),
+    "LedgerLocked": ("not started", "{exc}", EXIT_STOPPED),
+    "LayoutMismatch": ("not started", "{exc}", EXIT_STOPPED),
+    "ShardPlanError": ("not started", "{exc}", EXIT_STOPPED),
+    "InboxRefused": ("not started", "{exc}", EXIT_STOPPED),
+    "VideobatchError": ("stopped", "{exc}", EXIT_STOPPED),
+}
+_OURS = ("tasks", "flows")
+
+
+def failure(exc: BaseException, out: str | Path = "") -> tuple[str, int] | None:
+    """The one line the command line prints for an application error, and its exit code;
+    None for anything else (a bug, whose traceback should show)."""
+    for cls in type(exc).__mro__:
+        said = _FAILURES.get(cls.__name__)
+        if said is not None and cls.__module__.split(".")[0] in _OURS:
+            words, rest, code = said
+            return f"{words}: {rest.format(exc=exc, out=out)}", code
+    return None
+
+
+def _report(exc: BaseException, out: str | Path = "") -> int | None:
+    """Print an application error's one line and return its exit code; None (nothing
+    printed) for anything else."""
+    said = failure(exc, out)
+    if said is None:
+        return None
+    line, code = said
+    words, _, rest = line.partition(": ")
+    err.print(f"[bold red]{words}:[/] {rest}", highlight=False)
+    return code
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """While a flow runs in this process, keep Prefect's own report of an error we report in
+    one line off the console.
+
+    The engine logs the exception that ends a task run or the flow run (traceback and all,
+    then "Finished in state Failed(...)") at ERROR. For the application's errors, and for the
+    API errors that stop a run (401/403, no such route, an unsendable request), the boundary
+    says it in one line instead. Only the console handlers are filtered: the Prefect API (and
+    its UI) still gets every record, and any other error still shows with its traceback.
+    """
+    from apimart.errors import AuthenticationError, EndpointNotFound, UnsendableRequest
+
+    stops_the_run = (AuthenticationError, EndpointNotFound, UnsendableRequest)
+
+    def reported(exc: BaseException) -> bool:
+        return failure(exc) is not None or isinstance(exc, stops_the_run)
+
+    names = set(_FAILURES)
+    for base in stops_the_run:
+        names.update(_class_names(base))
+    engine = ("prefect.flow_runs", "prefect.task_runs")
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and reported(record.exc_info[1]):
+            return False
+        if (
+            record.name.startswith(engine)
+            and record.msg
+            and str(record.msg).startswith("Finished in state")
+        ):
+            text = record.getMessage()
+            return not any(f"{name}:" in text for name in names)
+        return True
+
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    for handler in handlers:
+        handler.addFilter(keep)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(keep)
+
+
+def _class_names(cls: type[BaseException]) -> set[str]:
+    """The names of `cls` and of every class derived from it."""
+    names = {cls.__name__}
+    for sub in cls.__subclasses__():
+        names |= _class_names(sub)
+    return names
+
+
 def _manifest_or_exit(path: str, assets: str | None) -> Manifest | None:
     from tasks.manifest import ManifestError, read_manifest
 
     try:
         return read_manifest(path, assets=assets)
     except ManifestError as exc:
-        err.print(f"[bold red]cannot read the manifest:[/] {exc}")
+        _report(exc)
         return None
 
 
@@ -178,10 +275,6 @@ class _Watcher:
 
 
 def run(options: RunOptions, *, sandbox: bool) -> int:
-    from tasks.gate import RunStopped
-    from tasks.ledger import LedgerLocked
-    from tasks.run import RunRefused
-
     manifest = _manifest_or_exit(options.manifest, options.assets)
     if manifest is None:
         return EXIT_STOPPED
@@ -200,14 +293,13 @@ def run(options: RunOptions, *, sandbox: bool) -> int:
     try:
         with _sandbox_if_needed(options, sandbox) as (effective, emulated):
             try:
-                with _Watcher(Path(effective.out), len(manifest.valid_rows)):
+                with _Watcher(Path(effective.out), len(manifest.valid_rows)), _one_line_errors():
                     outcome = asyncio.run(generate_videos(options=effective))
-            except (RunRefused, LedgerLocked) as exc:
-                err.print(f"[bold red]not started:[/] {exc}")
-                return EXIT_STOPPED
-            except RunStopped as exc:
-                err.print(f"[bold red]stopped:[/] {exc}. Results so far are in {effective.out}.")
-                return EXIT_STOPPED
+            except Exception as exc:
+                code = _report(exc, effective.out)
+                if code is None:
+                    raise
+                return code
     except KeyboardInterrupt:
         mid_post = _results_after_interrupt(options, manifest)
         err.print(
