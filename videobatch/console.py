@@ -19,7 +19,18 @@ from typing import TYPE_CHECKING, Literal
 
 from rich.console import Console
 
-# Light (the standard library only): every command may import it.
+# Light (the standard library only): every command may import them.
+from tasks.errors import (
+    InboxRefused,
+    LayoutMismatch,
+    LedgerLocked,
+    ManifestError,
+    RunRefused,
+    RunStopped,
+    ShardPlanError,
+    TaskNotRecorded,
+    VideobatchError,
+)
 from tasks.states import DONE, DOUBTFUL
 
 if TYPE_CHECKING:
@@ -40,30 +51,26 @@ err = Console(stderr=True, soft_wrap=True)
 # --- the application's errors at the boundary: one line each, and an exit code ------------
 
 # What the command line says of each error of tasks/errors.py (see its tree): the words the
-# line starts with, the rest of the line, and the exit code. Looked up by class name along the
-# class's MRO (most specific first), so that an error still defined in its older module
-# (tasks.gate, tasks.ledger, ...) is reported exactly as the one in tasks.errors.
-_FAILURES: dict[str, tuple[str, str, int]] = {
-    "RunStopped": ("stopped", "{exc}. Results so far are in {out}.", EXIT_STOPPED),
-    "TaskNotRecorded": ("stopped", "{exc}. Results so far are in {out}.", EXIT_STOPPED),
-    "ManifestError": ("cannot read the manifest", "{exc}", EXIT_STOPPED),
-    "RunRefused": ("not started", "{exc}", EXIT_STOPPED),
-    "LedgerLocked": ("not started", "{exc}", EXIT_STOPPED),
-    "LayoutMismatch": ("not started", "{exc}", EXIT_STOPPED),
-    "ShardPlanError": ("not started", "{exc}", EXIT_STOPPED),
-    "InboxRefused": ("not started", "{exc}", EXIT_STOPPED),
-    "VideobatchError": ("stopped", "{exc}", EXIT_STOPPED),
-}
-_OURS = ("tasks", "flows")
+# line starts with, the rest of the line, and the exit code. The first class that matches wins,
+# so subclasses (ManifestConflict is a RunRefused) come before what they derive from.
+_FAILURES: tuple[tuple[type[VideobatchError], str, str, int], ...] = (
+    (RunStopped, "stopped", "{exc}. Results so far are in {out}.", EXIT_STOPPED),
+    (TaskNotRecorded, "stopped", "{exc}. Results so far are in {out}.", EXIT_STOPPED),
+    (ManifestError, "cannot read the manifest", "{exc}", EXIT_STOPPED),
+    (RunRefused, "not started", "{exc}", EXIT_STOPPED),
+    (LedgerLocked, "not started", "{exc}", EXIT_STOPPED),
+    (LayoutMismatch, "not started", "{exc}", EXIT_STOPPED),
+    (ShardPlanError, "not started", "{exc}", EXIT_STOPPED),
+    (InboxRefused, "not started", "{exc}", EXIT_STOPPED),
+    (VideobatchError, "stopped", "{exc}", EXIT_STOPPED),
+)
 
 
 def failure(exc: BaseException, out: str | Path = "") -> tuple[str, int] | None:
     """The one line the command line prints for an application error, and its exit code;
     None for anything else (a bug, whose traceback should show)."""
-    for cls in type(exc).__mro__:
-        said = _FAILURES.get(cls.__name__)
-        if said is not None and cls.__module__.split(".")[0] in _OURS:
-            words, rest, code = said
+    for cls, words, rest, code in _FAILURES:
+        if isinstance(exc, cls):
             return f"{words}: {rest.format(exc=exc, out=out)}", code
     return None
 
@@ -98,9 +105,9 @@ def _one_line_errors() -> Iterator[None]:
     def reported(exc: BaseException) -> bool:
         return failure(exc) is not None or isinstance(exc, stops_the_run)
 
-    names = set(_FAILURES)
+    names = _class_names(VideobatchError)
     for base in stops_the_run:
-        names.update(_class_names(base))
+        names |= _class_names(base)
     engine = ("prefect.flow_runs", "prefect.task_runs")
 
     def keep(record: logging.LogRecord) -> bool:
@@ -134,7 +141,7 @@ def _class_names(cls: type[BaseException]) -> set[str]:
 
 
 def _manifest_or_exit(path: str, assets: str | None) -> Manifest | None:
-    from tasks.manifest import ManifestError, read_manifest
+    from tasks.manifest import read_manifest
 
     try:
         return read_manifest(path, assets=assets)
@@ -375,7 +382,7 @@ def _refusal_before_start(options: RunOptions, manifest: Manifest, *, sandbox: b
 
 def _layout_refusal(out: Path, want: Literal["plain", "sharded"] | None) -> str | None:
     """Why OUT cannot be used as `want` (None: as whatever it holds), or None when it can."""
-    from tasks.layout import LayoutMismatch, folder_layout, require_layout
+    from tasks.layout import folder_layout, require_layout
 
     try:
         if want is None:
