@@ -328,17 +328,12 @@ def run(options: RunOptions, *, sandbox: bool) -> int:
     out_console.print(f"results: {effective.out}/results.parquet and results.csv")
     held = outcome.get("held") or []
     if held:
-        err.print(
+        _print_rows(
             f"[bold red]{len(held)} rows held[/] (not sent, not relabelled: their paid task was "
             "made from another version of the row; status `conflict` in the results):",
-            highlight=False,
-        )
-        for message in held:
-            err.print(f"  held: {message}", highlight=False)
-        err.print(
+            [f"held: {message}" for message in held],
             "Nothing is paid twice: give a changed row a new id (it is then sent as a new row), "
             "or restore it (its task is then polled and downloaded).",
-            highlight=False,
         )
     if emulated:
         # Also on stdout: whoever reads only the results must not take them for real videos.
@@ -417,6 +412,14 @@ def _results_after_interrupt(options: RunOptions, manifest: Manifest) -> int | N
     except Exception:
         return None
     return sum(1 for r in records.values() if r.state in DOUBTFUL)
+
+
+def _print_rows(headline: str, rows: list[str], advice: str) -> None:
+    """A problem on stderr: what happened, one indented line per row, what to do."""
+    err.print(headline, highlight=False)
+    for row in rows:
+        err.print(f"  {row}", highlight=False)
+    err.print(advice, highlight=False)
 
 
 def _print_statuses(statuses: dict[str, int], *, title: str) -> None:
@@ -519,18 +522,13 @@ def rebuild_results(out: Path, manifest_path: Path | None) -> int:
     check = ledger_conflicts(manifest, records)
     if check.held or check.moved:
         conflicts = [*check.moved, *check.held]
-        err.print(
+        _print_rows(
             f"[bold red]results not rebuilt:[/] {len(conflicts)} rows of {out} have a paid "
             f"task made from another version of the row in {manifest.path}; their videos "
             "would be labelled with a request they were not made from. Nothing was written.",
-            highlight=False,
-        )
-        for conflict in conflicts:
-            err.print(f"  {conflict.message}", highlight=False)
-        err.print(
+            [conflict.message for conflict in conflicts],
             "Restore those rows (or pass --manifest with the manifest that was run); a run "
             "of the changed manifest holds them and marks them `conflict` in its results.",
-            highlight=False,
         )
         return EXIT_STOPPED
     table = build_results(manifest, records_for_results(check, records))
