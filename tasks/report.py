@@ -32,8 +32,8 @@ from tasks.probe import Thumbnail, first_frame_thumbnail
 from tasks.results import FIXED_COLUMNS, read_results
 from tasks.states import Status
 from tasks.summary import column_values as _column
+from tasks.summary import earlier_posts_cost, money, seconds
 from tasks.summary import finite_number as _number
-from tasks.summary import money, seconds
 
 REPORT_FILE = "report.html"
 THUMB_WIDTH = 240
@@ -126,7 +126,8 @@ def report_numbers(table: pa.Table) -> dict[str, Any]:
     - `cost`: sum of the real `cost` column (rows without a cost count 0).
     - `success_rate`: `videos / rows` (0.0 for an empty table), a fraction, not a percentage.
     - `unknown_rows`, `at_risk`: rows whose POST may have created a paid task, and the sum of
-      the `estimated_cost` of those without a real cost yet (as `tasks.summary` counts it).
+      the `estimated_cost` of those without a real cost yet, plus every row's
+      `earlier_posts_cost` (as `tasks.summary` counts it).
     - `median_generation_s`, `p95_generation_s`: numpy linear-interpolated percentiles of
       `generation_s` over completed rows that have one; None when there is none.
     - `statuses`: count per status; `by_resolution`, `by_duration`: per group `rows`, `videos`,
@@ -159,6 +160,7 @@ def report_numbers(table: pa.Table) -> dict[str, Any]:
                 for e, c, s in zip(estimates, costs, statuses, strict=True)
                 if s == Status.UNKNOWN and c is None and e
             )
+            + sum(earlier_posts_cost(table))
         ),
         "median_generation_s": median,
         "p95_generation_s": p95,

@@ -23,6 +23,9 @@ Columns, in order (`SCHEMA` holds the fixed ones with their Arrow types):
     cost                   what the API reported it charged (None while unknown)
     estimated_cost         the estimate committed when the row was sent; for a row never sent,
                            what sending it would cost at the given prices
+    earlier_posts_cost     estimates of this row's earlier POSTs whose outcome was never known
+                           (a resent `unknown` row): they may have been charged, so they count
+                           as money at risk on top of the row's own cost
     submitted_at           when the API accepted the task (UTC)
     completed_at           the API's own completion time (UTC)
     generation_s           the API's `actual_time`
@@ -117,6 +120,7 @@ _TAIL: Final = (
     pa.field("attempt", pa.int32()),
     pa.field("cost", pa.float64()),
     pa.field("estimated_cost", pa.float64()),
+    pa.field("earlier_posts_cost", pa.float64()),
     pa.field("submitted_at", _TS),
     pa.field("completed_at", _TS),
     pa.field("generation_s", pa.float64()),
@@ -241,6 +245,7 @@ def _row_values(
         attempt=rec.attempt if has_record else None,
         cost=_float(rec.cost),
         estimated_cost=_float(estimated),
+        earlier_posts_cost=_float(rec.earlier_posts_cost),
         submitted_at=_micros(rec.submitted_at),
         completed_at=_micros(rec.api_completed),
         generation_s=_float(rec.generation_s),

@@ -59,7 +59,8 @@ class Summary:
     - `spent`: sum of the API-reported `cost` (rows without one count 0).
     - `estimated_remaining`: `estimated_cost` of rows not done yet (NOT_DONE): never sent,
       skipped, still running (`timeout`) or of unknown fate, when they have no real cost yet.
-    - `at_risk`: the part of that belonging to `unknown` rows, which may have been charged.
+    - `at_risk`: the part of that belonging to `unknown` rows, which may have been charged,
+      plus every row's `earlier_posts_cost` (earlier POSTs of a resent row).
     - `failures`: every status other than completed and not_submitted, by (status, error_code),
       largest group first.
     - `generation_median_s`, `generation_p95_s`: over completed rows with a `generation_s`;
@@ -79,6 +80,14 @@ class Summary:
     total_bytes: int
 
 
+def earlier_posts_cost(table: pa.Table) -> list[float]:
+    """Each row's estimates of earlier POSTs of unknown outcome (0 where none, or an older
+    results file without the column)."""
+    if "earlier_posts_cost" not in table.column_names:
+        return [0.0] * table.num_rows
+    return [finite_number(v) or 0.0 for v in column_values(table, "earlier_posts_cost")]
+
+
 def summarize(table: pa.Table) -> Summary:
     statuses = [str(s) for s in column_values(table, "status")]
     costs = [finite_number(v) for v in column_values(table, "cost")]
@@ -93,6 +102,8 @@ def summarize(table: pa.Table) -> Summary:
             remaining += estimate
             if status == Status.UNKNOWN:
                 at_risk += estimate
+    # Earlier POSTs of a resent row may have been charged whatever the row's own fate.
+    at_risk += sum(earlier_posts_cost(table))
 
     generation = sorted(
         g

@@ -184,6 +184,7 @@ def test_schema_is_the_documented_one() -> None:
         "attempt",
         "cost",
         "estimated_cost",
+        "earlier_posts_cost",
         "submitted_at",
         "completed_at",
         "generation_s",

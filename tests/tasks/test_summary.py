@@ -240,3 +240,32 @@ def test_summary_of_a_table_built_from_a_ledger(tmp_path: Path) -> None:
     assert s.at_risk == pytest.approx(0.15)
     assert s.estimated_remaining == pytest.approx(0.30)  # b at risk + c never sent
     assert s.generation_median_s == 30.0
+
+
+def test_earlier_posts_of_a_resent_row_count_as_money_at_risk() -> None:
+    """An earlier POST of unknown outcome stays at risk in the summary and the report, even
+    after the resent row completed and reported its real cost."""
+    from tasks.report import report_numbers
+
+    table = table_of(
+        line("r0", "completed", cost=0.15, estimated_cost=0.15, earlier_posts_cost=0.15),
+        line("r1", "completed", cost=0.15, estimated_cost=0.15),
+    )
+    assert summarize(table).at_risk == pytest.approx(0.15)
+    assert report_numbers(table)["at_risk"] == pytest.approx(0.15)
+
+
+def test_the_results_table_carries_the_earlier_posts_cost_from_the_ledger(
+    tmp_path: Path,
+) -> None:
+    """build_results copies a row's earlier_posts_cost from its ledger record."""
+    from tasks.manifest import read_manifest
+
+    manifest_path = tmp_path / "m.csv"
+    manifest_path.write_text("id,prompt\nr0,A lighthouse\n", encoding="utf-8")
+    manifest = read_manifest(manifest_path)
+    with Ledger(tmp_path / "out") as ledger:
+        ledger.ensure("r0", 0)
+        ledger.update("r0", state=State.UNKNOWN, estimated_cost=0.15, earlier_posts_cost=0.15)
+        table = build_results(manifest, ledger.all())
+    assert table.column("earlier_posts_cost").to_pylist() == [0.15]
