@@ -314,7 +314,6 @@ async def test_canary_key_reaches_no_file_log_or_artifact(
     blobs = [f"{artifact.data} {artifact.description}" for artifact in artifacts]
     assert_no_canary(blobs, "an artifact")
     assert not [blob for blob in blobs if "sig=" in blob]
-    assert any(log.level <= logging.DEBUG for log in logs), "no DEBUG line reached the API"
     assert_no_canary([log.message for log in logs], "a Prefect log line")
     assert not [log.message for log in logs if "sig=" in log.message]
 
