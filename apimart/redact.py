@@ -171,5 +171,5 @@ def install_redaction(*secrets: str | None) -> RedactingFilter:
 
 
 def _ours(flt: object) -> bool:
-    # tasks/runtime.py has had a filter of the same name: either one is replaced, not stacked.
+    # tasks/run/runtime.py has had a filter of the same name: either one is replaced, not stacked.
     return type(flt).__name__ == "RedactingFilter"

@@ -46,7 +46,7 @@ async def main() -> None:
     from apimart import retry
     from apimart.sandbox import SandboxConfig, run_in_thread
     from flows.generate import generate_videos
-    from tasks.options import RunOptions
+    from tasks.run.options import RunOptions
 
     retry.set_waits(False)
     work = Path(tempfile.mkdtemp(prefix="vb-bench-"))

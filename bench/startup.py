@@ -25,8 +25,8 @@ WATCHED = ("prefect", "pandas", "pyarrow", "httpx", "pydantic", "typer", "rich")
 
 def demo_folder(out: Path) -> Path:
     """A folder holding a real ledger of the demo manifest: every row known, none sent."""
-    from tasks.ledger import Ledger
-    from tasks.manifest import read_manifest
+    from tasks.store.ledger import Ledger
+    from tasks.store.manifest import read_manifest
 
     manifest = read_manifest(str(DEMO))
     with Ledger(out) as ledger:

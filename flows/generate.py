@@ -13,18 +13,24 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.artifacts import Progress, artifact_key, publish_estimate, publish_results
-from tasks.download import download_task, mark_download_failed
-from tasks.gate import RunStopped
-from tasks.manifest import read_manifest
-from tasks.options import RunOptions
-from tasks.poll import poll_task
-from tasks.report import write_report
-from tasks.run import estimate_run, finish_run, ledger_conflicts, open_run, rows_needing_work
-from tasks.runtime import Runtime, run_logger
-from tasks.states import DOWNLOADABLE, TO_POLL, State
-from tasks.submit import submit_task
-from tasks.summary import flow_outcome
+from tasks.present.artifacts import Progress, artifact_key, publish_estimate, publish_results
+from tasks.present.report import write_report
+from tasks.present.summary import flow_outcome
+from tasks.run.gate import RunStopped
+from tasks.run.lifecycle import (
+    estimate_run,
+    finish_run,
+    ledger_conflicts,
+    open_run,
+    rows_needing_work,
+)
+from tasks.run.options import RunOptions
+from tasks.run.runtime import Runtime, run_logger
+from tasks.steps.download import download_task, mark_download_failed
+from tasks.steps.poll import poll_task
+from tasks.steps.submit import submit_task
+from tasks.store.manifest import read_manifest
+from tasks.store.states import DOWNLOADABLE, TO_POLL, State
 
 
 async def _one_row(

@@ -24,7 +24,7 @@ from prefect.concurrency.asyncio import concurrency
 
 from flows.generate import generate_videos
 from tasks.errors import InboxErrors
-from tasks.inbox import (
+from tasks.run.inbox import (
     INBOX_LIMIT,
     check_defaults,
     file_done,
@@ -36,13 +36,13 @@ from tasks.inbox import (
     unsettled,
     waiting_manifests,
 )
-from tasks.layout import require_layout
-from tasks.ledger import LedgerLocked
-from tasks.manifest import ManifestError, read_manifest
-from tasks.options import RunOptions
-from tasks.results import read_results
-from tasks.run import ManifestConflict, estimate_run
-from tasks.runtime import run_logger
+from tasks.run.lifecycle import ManifestConflict, estimate_run
+from tasks.run.options import RunOptions
+from tasks.run.runtime import run_logger
+from tasks.store.layout import require_layout
+from tasks.store.ledger import LedgerLocked
+from tasks.store.manifest import ManifestError, read_manifest
+from tasks.store.results import read_results
 
 
 @flow(name="inbox", log_prints=False, validate_parameters=True)

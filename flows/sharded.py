@@ -1,7 +1,7 @@
 """`generate-sharded`: one large manifest as K `generate-videos` runs any worker can take.
 
-Wiring only: the shards are planned and merged by `tasks.shards` and run to the end by
-`tasks.shard_runs`, each through `run_deployment`, so the work pool hands it to whichever worker,
+Wiring only: the shards are planned and merged by `tasks.run.shards` and run to the end by
+`flows.shard_runs`, each through `run_deployment`, so the work pool hands it to whichever worker,
 on whichever machine, is free. Running it again with the same options resumes every shard from
 its own ledger; nothing is paid twice.
 
@@ -9,7 +9,7 @@ The output folder is sharded or nothing: a folder holding a plain run (`OUT/ledg
 refused before anything is planned. With `options.dry_run` nothing is planned on disk and
 nothing is sent: the manifest is validated and estimated, and the estimate published.
 `resubmit_unknown` and `retry_failed` are a person's decision for this run: they reach the first
-run of each shard only, never a shard started again after a crash (see `tasks.shard_runs`).
+run of each shard only, never a shard started again after a crash (see `flows.shard_runs`).
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from tasks.artifacts import artifact_key, publish_estimate, publish_results
+from flows.shard_runs import ShardWatch, run_shard
 from tasks.errors import ShardsIncomplete
-from tasks.hashing import file_sha256
-from tasks.layout import require_layout
-from tasks.manifest import read_manifest
-from tasks.options import RunOptions
-from tasks.report import write_report
-from tasks.run import estimate_run
-from tasks.runtime import run_logger
-from tasks.shard_runs import ShardWatch, run_shard
-from tasks.shards import ShardPlanError, merge_shards, plan_shards, saved_plan
-from tasks.summary import flow_outcome
+from tasks.present.artifacts import artifact_key, publish_estimate, publish_results
+from tasks.present.report import write_report
+from tasks.present.summary import flow_outcome
+from tasks.run.lifecycle import estimate_run
+from tasks.run.options import RunOptions
+from tasks.run.runtime import run_logger
+from tasks.run.shards import ShardPlanError, merge_shards, plan_shards, saved_plan
+from tasks.store.hashing import file_sha256
+from tasks.store.layout import require_layout
+from tasks.store.manifest import read_manifest
 
 SHARD_DEPLOYMENT = "generate-videos/generate-videos"
 

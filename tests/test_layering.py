@@ -60,6 +60,28 @@ def test_sandbox_never_imports_the_client() -> None:
     assert violations("apimart/sandbox", SANDBOX_FORBIDDEN) == []
 
 
+def test_the_client_never_imports_the_sandbox() -> None:
+    """No client module imports the sandbox, so the client runs without the emulator loaded."""
+    found = []
+    for path in sorted((ROOT / "apimart").glob("*.py")):
+        found += [
+            f"{path.name} imports {name}"
+            for name in imported_modules(path)
+            if name == "apimart.sandbox" or name.startswith("apimart.sandbox.")
+        ]
+    assert found == []
+
+
+def test_steps_hold_all_the_task_code() -> None:
+    """Only the step modules define Prefect tasks, so the rest of tasks/ is plain Python."""
+    outside = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "tasks").rglob("*.py"))
+        if "steps" not in path.parts and "@task" in path.read_text(encoding="utf-8")
+    ]
+    assert outside == []
+
+
 def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
     """The import checker finds plain and from-imports, so a violation cannot pass unseen."""
     bad = tmp_path / "bad.py"

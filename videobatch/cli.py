@@ -15,7 +15,7 @@ import typer
 from videobatch import console, ops
 
 if TYPE_CHECKING:
-    from tasks.options import RunOptions
+    from tasks.run.options import RunOptions
 
 app = typer.Typer(
     name="videobatch",
@@ -133,7 +133,7 @@ def _run_options(ctx: typer.Context, manifest: str, values: dict[str, Any]) -> R
     adapts unset options (the sandbox's polling pace) never overrides a value the user chose,
     even one equal to the default.
     """
-    from tasks.options import RunOptions
+    from tasks.run.options import RunOptions
 
     given = {}
     for name, value in values.items():
@@ -146,7 +146,7 @@ def _run_options(ctx: typer.Context, manifest: str, values: dict[str, Any]) -> R
 @app.command(epilog=_example("videobatch validate data/manifests/invalid.csv"))
 def validate(manifest: Manifest, assets: Assets = None) -> None:
     """Check every row of a manifest and estimate cost and time; nothing is sent."""
-    from tasks.options import RunOptions
+    from tasks.run.options import RunOptions
 
     folder = str(assets) if assets is not None else None
     raise typer.Exit(console.dry_run(RunOptions(manifest=str(manifest), assets=folder)))

@@ -31,11 +31,11 @@ from tasks.errors import (
     TaskNotRecorded,
     VideobatchError,
 )
-from tasks.states import DONE, DOUBTFUL
+from tasks.store.states import DONE, DOUBTFUL
 
 if TYPE_CHECKING:
-    from tasks.manifest import Manifest
-    from tasks.options import RunOptions
+    from tasks.run.options import RunOptions
+    from tasks.store.manifest import Manifest
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_STOPPED = 0, 1, 2
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
@@ -141,7 +141,7 @@ def _class_names(cls: type[BaseException]) -> set[str]:
 
 
 def _manifest_or_exit(path: str, assets: str | None) -> Manifest | None:
-    from tasks.manifest import read_manifest
+    from tasks.store.manifest import read_manifest
 
     try:
         return read_manifest(path, assets=assets)
@@ -151,7 +151,7 @@ def _manifest_or_exit(path: str, assets: str | None) -> Manifest | None:
 
 
 def dry_run(options: RunOptions) -> int:
-    from tasks.estimate import estimate_run
+    from tasks.run.estimate import estimate_run
 
     manifest = _manifest_or_exit(options.manifest, options.assets)
     if manifest is None:
@@ -177,7 +177,7 @@ def _key_configured() -> bool:
         return True
     if not os.environ.get("PREFECT_API_URL"):
         return False  # no server to hold a block; do not start one just to look
-    from tasks.runtime import resolve_api_key
+    from tasks.run.runtime import resolve_api_key
 
     return resolve_api_key() is not None
 
@@ -227,7 +227,7 @@ class _Watcher:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _counts(self) -> dict[str, int]:
-        from tasks.ledger import Ledger
+        from tasks.store.ledger import Ledger
 
         try:
             with Ledger(self.out, readonly=True) as ledger:
@@ -362,8 +362,8 @@ def _refusal_before_start(options: RunOptions, manifest: Manifest, *, sandbox: b
             check_api_key(key)
         except AuthenticationError as exc:
             return f"{exc}. Nothing was sent."
-    from tasks.conflicts import ledger_conflicts
-    from tasks.ledger import LEDGER_FILE, Ledger
+    from tasks.store.conflicts import ledger_conflicts
+    from tasks.store.ledger import LEDGER_FILE, Ledger
 
     if not (out / LEDGER_FILE).exists():
         return None
@@ -377,7 +377,7 @@ def _refusal_before_start(options: RunOptions, manifest: Manifest, *, sandbox: b
 
 def _layout_refusal(out: Path, want: Literal["plain", "sharded"] | None) -> str | None:
     """Why OUT cannot be used as `want` (None: as whatever it holds), or None when it can."""
-    from tasks.layout import folder_layout, require_layout
+    from tasks.store.layout import folder_layout, require_layout
 
     try:
         if want is None:
@@ -392,9 +392,9 @@ def _layout_refusal(out: Path, want: Literal["plain", "sharded"] | None) -> str 
 def _results_after_interrupt(options: RunOptions, manifest: Manifest) -> int | None:
     """Write the results table from the ledger as it stands when a run is cut short; return
     how many rows were mid-POST (None when there was nothing to write from)."""
-    from tasks.conflicts import ledger_conflicts, records_for_results
-    from tasks.ledger import Ledger
-    from tasks.results import build_results, write_results
+    from tasks.store.conflicts import ledger_conflicts, records_for_results
+    from tasks.store.ledger import Ledger
+    from tasks.store.results import build_results, write_results
 
     try:
         with Ledger(options.out, readonly=True) as ledger:
@@ -435,7 +435,7 @@ def _print_statuses(statuses: dict[str, int], *, title: str) -> None:
 
 def _is_sharded(out: Path) -> bool:
     """OUT holds a sharded run (callers have already refused a folder holding both)."""
-    from tasks.layout import folder_layout
+    from tasks.store.layout import folder_layout
 
     return folder_layout(out) == "sharded"
 
@@ -444,8 +444,8 @@ def _ledger_folders(out: Path) -> list[Path]:
     """OUT itself, or the shard folders of a sharded run into OUT."""
     if not _is_sharded(out):
         return [out]
-    # From tasks.layout, not tasks.shards: `status` must not import pyarrow and Prefect.
-    from tasks.layout import LEDGER_FILE, SHARDS_DIR
+    # From tasks.store.layout, not tasks.run.shards: `status` must not import pyarrow and Prefect.
+    from tasks.store.layout import LEDGER_FILE, SHARDS_DIR
 
     return sorted(p for p in (out / SHARDS_DIR).glob("shard-*") if (p / LEDGER_FILE).exists())
 
@@ -453,7 +453,7 @@ def _ledger_folders(out: Path) -> list[Path]:
 def status(out: Path) -> int:
     from collections import Counter
 
-    from tasks.ledger import LOCK_FILE, Ledger
+    from tasks.store.ledger import LOCK_FILE, Ledger
 
     refusal = _layout_refusal(out, None)
     if refusal:
@@ -487,16 +487,16 @@ def status(out: Path) -> int:
 
 
 def rebuild_results(out: Path, manifest_path: Path | None) -> int:
-    from tasks.conflicts import ledger_conflicts, records_for_results
-    from tasks.ledger import Ledger
-    from tasks.results import build_results, write_results
+    from tasks.store.conflicts import ledger_conflicts, records_for_results
+    from tasks.store.ledger import Ledger
+    from tasks.store.results import build_results, write_results
 
     refusal = _layout_refusal(out, None)
     if refusal:
         err.print(f"[bold red]cannot read {out}:[/] {refusal}", highlight=False)
         return EXIT_STOPPED
     if _is_sharded(out):
-        from tasks.shards import merge_shards, saved_plan
+        from tasks.run.shards import merge_shards, saved_plan
 
         plan = saved_plan(out)
         assert plan is not None
@@ -538,7 +538,7 @@ def rebuild_results(out: Path, manifest_path: Path | None) -> int:
 
 
 def report(out: Path) -> int:
-    from tasks.report import write_report
+    from tasks.present.report import write_report
 
     refusal = _layout_refusal(out, None)
     if refusal:

@@ -11,7 +11,7 @@ from videobatch.console import EXIT_OK, EXIT_STOPPED, err, out_console
 def deploy(project: Path) -> int:
     import asyncio
 
-    from tasks.setup import DEPLOYMENTS, deploy_all, ensure_prefect_objects
+    from videobatch.setup import DEPLOYMENTS, deploy_all, ensure_prefect_objects
 
     if not os.environ.get("PREFECT_API_URL"):
         err.print("set PREFECT_API_URL to the server to set up (see `videobatch server`)")
@@ -42,7 +42,7 @@ def deploy(project: Path) -> int:
 
 
 def server(host: str, port: int) -> int:
-    from tasks.setup import WILDCARD_HOSTS, public_api_url, server_command
+    from videobatch.setup import WILDCARD_HOSTS, public_api_url, server_command
 
     command, env = server_command(host, port)
     local = "127.0.0.1" if host in WILDCARD_HOSTS else host

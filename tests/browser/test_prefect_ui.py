@@ -28,7 +28,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import Artifact, FlowRun, StateType
 
 from browser.browserkit import FAILING_ROW, FinishedRun, tail
-from tasks.artifacts import artifact_key
+from tasks.present.artifacts import artifact_key
 from videobatch.console import EXIT_INCOMPLETE
 
 pytestmark = pytest.mark.slow

@@ -1,7 +1,8 @@
 """OUT/report.html of a finished sandbox run, opened from disk in headless Chromium.
 
-The numbers on the page are checked against results.parquet, computed here independently of
-tasks/report.py; every thumbnail must have decoded; the page must load nothing from anywhere.
+The numbers on the page are checked against results.parquet, computed here independently
+of tasks/present/report.py; every thumbnail must have decoded; the page must load nothing
+from anywhere.
 """
 
 from __future__ import annotations

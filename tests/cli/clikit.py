@@ -34,7 +34,7 @@ from support.outputs import results as results
 
 from apimart.redact import secret_forms
 from apimart.sandbox import Faults, RunningSandbox, SandboxConfig, run_in_thread
-from tasks.ledger import Ledger
+from tasks.store.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"

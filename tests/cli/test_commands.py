@@ -320,7 +320,7 @@ def test_sandbox_rejects_bad_faults(cli: Cli) -> None:
 
 
 def test_built_in_sandbox_keeps_a_chosen_poll_pace(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.options import RunOptions
+    from tasks.run.options import RunOptions
 
     monkeypatch.delenv("APIMART_API_KEY", raising=False)
     monkeypatch.delenv("APIMART_BASE_URL", raising=False)

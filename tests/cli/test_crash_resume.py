@@ -31,7 +31,7 @@ from clikit import (
 )
 
 from apimart.sandbox import FaultRule, Faults
-from tasks.ledger import DOUBTFUL, WITH_TASK
+from tasks.store.ledger import DOUBTFUL, WITH_TASK
 
 pytestmark = pytest.mark.slow
 

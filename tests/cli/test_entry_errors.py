@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 # Another process holding OUT's lock, as a second `videobatch run` would: until its stdin closes.
 HOLDER = """
 import sys
-from tasks.ledger import FolderLock
+from tasks.store.ledger import FolderLock
 with FolderLock(__import__("pathlib").Path(sys.argv[1])):
     print("locked", flush=True)
     sys.stdin.read()

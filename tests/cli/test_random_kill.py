@@ -43,9 +43,9 @@ from clikit import (
 )
 
 from apimart.sandbox import FaultRule, Faults, RunningSandbox
-from tasks.ledger import DOUBTFUL, LEDGER_FILE, LOCK_FILE, WITH_TASK, Ledger, RowRecord, State
-from tasks.manifest import read_manifest
-from tasks.results import build_results
+from tasks.store.ledger import DOUBTFUL, LEDGER_FILE, LOCK_FILE, WITH_TASK, Ledger, RowRecord, State
+from tasks.store.manifest import read_manifest
+from tasks.store.results import build_results
 
 pytestmark = pytest.mark.slow
 

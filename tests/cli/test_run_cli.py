@@ -37,7 +37,7 @@ from clikit import (
 )
 
 from apimart.sandbox import FaultRule, Faults, RunningSandbox
-from tasks.ledger import FolderLock
+from tasks.store.ledger import FolderLock
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from clikit import clip_rows, write_manifest
 
-from tasks.ledger import Ledger, State, request_hash
-from tasks.manifest import read_manifest
+from tasks.store.ledger import Ledger, State, request_hash
+from tasks.store.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("prefect", "pandas", "pyarrow")

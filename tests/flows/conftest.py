@@ -13,7 +13,7 @@ from flowkit import API_KEY
 
 from apimart import retry
 from apimart.sandbox import Faults, SandboxConfig, run_in_thread
-from tasks.inbox import INBOX_LIMIT
+from tasks.run.inbox import INBOX_LIMIT
 
 _seeds = itertools.count(500)
 

@@ -19,8 +19,8 @@ from flowkit import (
 
 from apimart.sandbox import FaultRule, Faults
 from flows.generate import generate_videos
-from tasks.gate import RunStopped
-from tasks.ledger import Ledger
+from tasks.run.gate import RunStopped
+from tasks.store.ledger import Ledger
 
 MakeSandbox = Any
 
@@ -323,7 +323,7 @@ async def test_a_changed_manifest_is_refused_before_anything_is_sent(
 ) -> None:
     """Rows renamed by an insertion are refused whole (they would pay twice); a downloaded row
     dropped from the manifest is no conflict, and the rest resumes sending nothing."""
-    from tasks.run import ManifestConflict
+    from tasks.run.lifecycle import ManifestConflict
 
     sb = make_sandbox()
     # No id column: rows are named by position, so inserting a row shifts every name.

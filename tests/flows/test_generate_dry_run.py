@@ -11,7 +11,7 @@ from flowkit import fast_options, write_manifest
 
 from apimart import spec
 from flows.generate import generate_videos
-from tasks.artifacts import artifact_key
+from tasks.present.artifacts import artifact_key
 
 MakeSandbox = Any
 

@@ -11,7 +11,7 @@ import pytest
 from flowkit import fast_options, write_manifest
 
 from flows.generate import generate_videos
-from tasks.ledger import Ledger
+from tasks.store.ledger import Ledger
 
 MakeSandbox = Any
 

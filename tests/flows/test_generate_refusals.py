@@ -10,7 +10,7 @@ import pytest
 from flowkit import fast_options, write_manifest
 
 from flows.generate import generate_videos
-from tasks.run import RunRefused
+from tasks.run.lifecycle import RunRefused
 
 MakeSandbox = Any
 

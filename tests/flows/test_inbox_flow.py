@@ -12,8 +12,8 @@ import pytest
 from flowkit import drop, fast_options, inbox_rows, settle
 
 from flows.inbox import inbox
-from tasks.inbox import INBOX_LIMIT
-from tasks.ledger import FolderLock
+from tasks.run.inbox import INBOX_LIMIT
+from tasks.store.ledger import FolderLock
 
 MakeSandbox = Any
 

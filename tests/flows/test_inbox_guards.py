@@ -13,7 +13,7 @@ import pytest
 from flowkit import drop, fast_options, inbox_rows, settle, write_manifest
 
 from flows.inbox import InboxErrors, inbox
-from tasks.inbox import InboxRefused
+from tasks.run.inbox import InboxRefused
 
 MakeSandbox = Any
 

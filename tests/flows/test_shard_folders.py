@@ -10,7 +10,7 @@ import pytest
 from flowkit import fast_options, write_manifest
 
 from flows.generate import generate_videos
-from tasks.shards import plan_shards
+from tasks.run.shards import plan_shards
 from videobatch import console
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]

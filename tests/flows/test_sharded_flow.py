@@ -25,9 +25,9 @@ from flowkit import API_KEY, fast_options, write_manifest
 
 from flows.generate import generate_videos
 from flows.sharded import generate_sharded
-from tasks.layout import LayoutMismatch
-from tasks.ledger import LEDGER_FILE
-from tasks.shards import PLAN_FILE, SHARD_MANIFEST, folder_holder, plan_shards, shard_folder
+from tasks.run.shards import PLAN_FILE, SHARD_MANIFEST, folder_holder, plan_shards, shard_folder
+from tasks.store.layout import LayoutMismatch
+from tasks.store.ledger import LEDGER_FILE
 from videobatch import console
 
 MakeSandbox = Any
@@ -186,7 +186,7 @@ async def test_dry_run_plans_nothing_and_sends_nothing(
     """options.dry_run validates and estimates: no plan, no shard, no request, an artifact."""
     from prefect.artifacts import Artifact
 
-    from tasks.artifacts import artifact_key
+    from tasks.present.artifacts import artifact_key
 
     sb = make_sandbox()
     manifest, _ = manifest_with_image(tmp_path)

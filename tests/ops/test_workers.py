@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from opskit import Stack, prompt_of, submitted_by, wait_for, write_manifest
 
-from tasks.shards import folder_holder
+from tasks.run.shards import folder_holder
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from tasks.ledger import Ledger, RowRecord
+from tasks.store.ledger import Ledger, RowRecord
 
 
 def results(out: Path) -> dict[str, dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.options import RunOptions
+from tasks.run.options import RunOptions
 
 
 def fast_options(manifest: Path, out: Path, base_url: str, **extra: Any) -> RunOptions:

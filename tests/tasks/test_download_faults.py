@@ -24,13 +24,13 @@ from support.manifests import prompt_rows, write_manifest
 from apimart import AsyncAPIMartClient
 from apimart.netguard import is_loopback_host
 from apimart.sandbox import FaultRule, Faults, RunningSandbox, SandboxConfig, run_in_thread
-from tasks.download import download_task
-from tasks.ledger import State
-from tasks.options import RunOptions
-from tasks.poll import poll_task
-from tasks.run import finish_run, open_run
-from tasks.runtime import Runtime
-from tasks.submit import submit_task
+from tasks.run.lifecycle import finish_run, open_run
+from tasks.run.options import RunOptions
+from tasks.run.runtime import Runtime
+from tasks.steps.download import download_task
+from tasks.steps.poll import poll_task
+from tasks.steps.submit import submit_task
+from tasks.store.ledger import State
 
 KEY = "sk-download-faults-canary-5d21"
 ALWAYS = FaultRule(rate=1.0)

@@ -16,7 +16,7 @@ from support.manifests import prompt_rows, write_manifest
 from apimart import retry
 from apimart.sandbox import FaultRule, Faults, SandboxConfig, run_in_thread
 from flows.generate import generate_videos
-from tasks.options import RunOptions
+from tasks.run.options import RunOptions
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 

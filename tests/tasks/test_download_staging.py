@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from test_download_faults import KEY, completed_row, visible_mp4s
 
-from tasks.download import download_task, file_sha256, staging_path
-from tasks.ledger import State
+from tasks.steps.download import download_task, file_sha256, staging_path
+from tasks.store.ledger import State
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tasks import inbox
-from tasks.inbox import (
+from tasks.run import inbox
+from tasks.run.inbox import (
     DONE_DIR,
     REJECTED_DIR,
     SETTLE_SECONDS,
@@ -21,7 +21,7 @@ from tasks.inbox import (
     unsettled,
     waiting_manifests,
 )
-from tasks.ledger import Ledger
+from tasks.store.ledger import Ledger
 
 MANIFEST = "id,prompt\na,a lighthouse in fog\n"
 

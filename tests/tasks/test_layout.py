@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import layout, ledger, shards
-from tasks.layout import LayoutMismatch, folder_layout, require_layout
+from tasks.run import shards
+from tasks.store import layout, ledger
+from tasks.store.layout import LayoutMismatch, folder_layout, require_layout
 
 
 def test_names_match_the_modules_that_write_them() -> None:
@@ -69,7 +70,7 @@ def test_both_layouts_is_an_error_not_a_guess(tmp_path: Path) -> None:
 def test_layout_imports_stay_light() -> None:
     """Importing the layout rule pulls in neither Prefect, pandas nor pyarrow."""
     code = (
-        "import sys, tasks.layout; "
+        "import sys, tasks.store.layout; "
         "heavy = [m for m in ('prefect', 'pandas', 'pyarrow') if m in sys.modules]; "
         "print(','.join(heavy))"
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from apimart.models import VideoRequest
-from tasks.ledger import (
+from tasks.store.ledger import (
     FolderLock,
     Ledger,
     LedgerLocked,

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apimart import spec
-from tasks.manifest import (
+from tasks.store.manifest import (
     Manifest,
     ManifestError,
     ManifestRow,

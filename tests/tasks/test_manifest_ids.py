@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from apimart.calls import check_idempotency_key
-from tasks.download import video_relpath
-from tasks.ledger import Ledger
-from tasks.manifest import ManifestRow, read_manifest
+from tasks.steps.download import video_relpath
+from tasks.store.ledger import Ledger
+from tasks.store.manifest import ManifestRow, read_manifest
 
 # Ids that once slipped through, or that a file system treats as something else.
 TRAPS = [

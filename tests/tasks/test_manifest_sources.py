@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tasks.manifest import ManifestError, ManifestRow, read_manifest
+from tasks.store.manifest import ManifestError, ManifestRow, read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG = (ROOT / "data" / "manifests" / "images" / "sunrise.png").read_bytes()

@@ -20,12 +20,12 @@ from support.manifests import prompt_rows, write_manifest
 
 from apimart import retry
 from apimart.sandbox import FaultRule, RunningSandbox, SandboxConfig, run_in_thread
-from tasks.ledger import State
-from tasks.options import RunOptions
-from tasks.poll import first_poll_delay, poll_task
-from tasks.run import open_run
-from tasks.runtime import Runtime
-from tasks.submit import submit_task
+from tasks.run.lifecycle import open_run
+from tasks.run.options import RunOptions
+from tasks.run.runtime import Runtime
+from tasks.steps.poll import first_poll_delay, poll_task
+from tasks.steps.submit import submit_task
+from tasks.store.ledger import State
 
 KEY = "sk-poll-deadline-canary-0b7e"
 ALWAYS = FaultRule(rate=1.0)

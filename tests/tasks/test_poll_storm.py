@@ -18,8 +18,8 @@ from support.manifests import prompt_rows, write_manifest
 from apimart import retry
 from apimart.sandbox import FaultRule, Faults, SandboxConfig, run_in_thread
 from flows.generate import generate_videos
-from tasks.ledger import open_ledger
-from tasks.options import RunOptions
+from tasks.run.options import RunOptions
+from tasks.store.ledger import open_ledger
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 

@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.probe import first_frame_thumbnail
-from tasks.report import report_numbers, write_report
-from tasks.summary import summarize
+from tasks.present.report import report_numbers, write_report
+from tasks.present.summary import summarize
+from tasks.store.probe import first_frame_thumbnail
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 XSS = '<script>alert("x")</script> & "quotes" \'single\''

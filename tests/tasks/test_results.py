@@ -15,10 +15,10 @@ import pytest
 
 from apimart import spec
 from apimart.models import VideoRequest
-from tasks import results
-from tasks.ledger import Ledger, RowRecord, State
-from tasks.manifest import Manifest, ManifestRow, read_manifest
-from tasks.results import (
+from tasks.store import results
+from tasks.store.ledger import Ledger, RowRecord, State
+from tasks.store.manifest import Manifest, ManifestRow, read_manifest
+from tasks.store.results import (
     RESULT_STATUSES,
     SCHEMA,
     build_results,
@@ -471,7 +471,7 @@ def test_read_results_without_a_file_raises(tmp_path: Path) -> None:
 
 
 def test_artifact_of_a_built_table_is_json_safe(ledger: Ledger) -> None:
-    from tasks.summary import results_table_for_artifact
+    from tasks.present.summary import results_table_for_artifact
 
     downloaded(ledger, "a")
     table = build_results(manifest_of(valid_row(0, "a"), invalid_row(1, "b")), ledger.all())

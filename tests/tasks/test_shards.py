@@ -13,10 +13,8 @@ import pytest
 from support.manifests import write_manifest
 
 from apimart import spec
-from tasks.ledger import FolderLock, Ledger, State
-from tasks.manifest import read_manifest
-from tasks.options import RunOptions
-from tasks.shards import (
+from tasks.run.options import RunOptions
+from tasks.run.shards import (
     PLAN_FILE,
     SHARD_MANIFEST,
     ShardPlanError,
@@ -27,6 +25,8 @@ from tasks.shards import (
     shard_folder,
     split_evenly,
 )
+from tasks.store.ledger import FolderLock, Ledger, State
+from tasks.store.manifest import read_manifest
 
 RESOLUTIONS = ("720p", "1080p", "4k")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import tasks.states as states
-from tasks.ledger import Ledger
-from tasks.states import (
+from tasks.store import states
+from tasks.store.ledger import Ledger
+from tasks.store.states import (
     AT_RISK,
     DONE,
     DOUBTFUL,

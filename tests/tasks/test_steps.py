@@ -17,14 +17,14 @@ from support.net import free_port
 
 from apimart import retry
 from apimart.sandbox import FaultRule, Faults, SandboxConfig, run_in_thread
-from tasks.download import download_task
-from tasks.gate import Budget, RunStopped, SubmitGate
-from tasks.ledger import State
-from tasks.options import RunOptions
-from tasks.poll import poll_task
-from tasks.run import open_run, rows_needing_work
-from tasks.runtime import Runtime
-from tasks.submit import submit_decision, submit_task
+from tasks.run.gate import Budget, RunStopped, SubmitGate
+from tasks.run.lifecycle import open_run, rows_needing_work
+from tasks.run.options import RunOptions
+from tasks.run.runtime import Runtime
+from tasks.steps.download import download_task
+from tasks.steps.poll import poll_task
+from tasks.steps.submit import submit_decision, submit_task
+from tasks.store.ledger import State
 
 KEY = "sk-steps-canary-31f9"
 

@@ -23,14 +23,14 @@ from support.manifests import prompt_rows, write_manifest
 from apimart import retry
 from apimart.errors import PermissionDeniedError
 from apimart.sandbox import FaultRule, Faults, RunningSandbox, SandboxConfig, run_in_thread
-from tasks.download import download_task
-from tasks.gate import MAX_PAUSE_S, RunStopped, SubmitGate
-from tasks.ledger import State, open_ledger
-from tasks.options import RunOptions
-from tasks.poll import poll_task
-from tasks.run import open_run
-from tasks.runtime import Runtime
-from tasks.submit import TaskNotRecorded, submit_task
+from tasks.run.gate import MAX_PAUSE_S, RunStopped, SubmitGate
+from tasks.run.lifecycle import open_run
+from tasks.run.options import RunOptions
+from tasks.run.runtime import Runtime
+from tasks.steps.download import download_task
+from tasks.steps.poll import poll_task
+from tasks.steps.submit import TaskNotRecorded, submit_task
+from tasks.store.ledger import State, open_ledger
 
 KEY = "sk-submit-money-canary-5d1e"
 # A 4 s 720p clip is estimated at 0.10 (apimart.spec prices).

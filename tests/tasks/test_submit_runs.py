@@ -24,8 +24,8 @@ from support.runs import fast_options
 from apimart import retry
 from apimart.sandbox import FaultRule, Faults, RunningSandbox, SandboxConfig, run_in_thread
 from flows.generate import generate_videos
-from tasks.gate import RunStopped
-from tasks.ledger import DOUBTFUL, RowRecord, State
+from tasks.run.gate import RunStopped
+from tasks.store.ledger import DOUBTFUL, RowRecord, State
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 

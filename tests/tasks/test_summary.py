@@ -10,16 +10,16 @@ import pyarrow as pa
 import pytest
 
 from apimart.models import VideoRequest
-from tasks.ledger import Ledger, State
-from tasks.manifest import Manifest, ManifestRow
-from tasks.results import RESULT_STATUSES, SCHEMA, build_results
-from tasks.summary import (
+from tasks.present.summary import (
     ARTIFACT_COLUMNS,
     FailureReason,
     results_table_for_artifact,
     summarize,
     summary_markdown,
 )
+from tasks.store.ledger import Ledger, State
+from tasks.store.manifest import Manifest, ManifestRow
+from tasks.store.results import RESULT_STATUSES, SCHEMA, build_results
 
 
 def line(row_id: str, status: str, **values: Any) -> dict[str, Any]:
@@ -245,7 +245,7 @@ def test_summary_of_a_table_built_from_a_ledger(tmp_path: Path) -> None:
 def test_earlier_posts_of_a_resent_row_count_as_money_at_risk() -> None:
     """An earlier POST of unknown outcome stays at risk in the summary and the report, even
     after the resent row completed and reported its real cost."""
-    from tasks.report import report_numbers
+    from tasks.present.report import report_numbers
 
     table = table_of(
         line("r0", "completed", cost=0.15, estimated_cost=0.15, earlier_posts_cost=0.15),
@@ -259,7 +259,7 @@ def test_the_results_table_carries_the_earlier_posts_cost_from_the_ledger(
     tmp_path: Path,
 ) -> None:
     """build_results copies a row's earlier_posts_cost from its ledger record."""
-    from tasks.manifest import read_manifest
+    from tasks.store.manifest import read_manifest
 
     manifest_path = tmp_path / "m.csv"
     manifest_path.write_text("id,prompt\nr0,A lighthouse\n", encoding="utf-8")

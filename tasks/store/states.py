@@ -30,7 +30,7 @@ video is on disk and verified, which is ledger `downloaded`. The whole map (`res
     (invalid row)      invalid           whatever the ledger holds
 
 Two statuses never come from the map: `invalid` (the manifest row cannot be sent) and
-`conflict` (the row's paid task was made from another version of it; see `tasks.results`).
+`conflict` (the row's paid task was made from another version of it; see `tasks.store.results`).
 
 Groupings of ledger states (`WITH_TASK`, `DOUBTFUL` and `NEVER_SENT` partition `State`):
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks.ledger import NEVER_SENT, RowRecord, State, request_hash
-from tasks.states import UNPAID_ENDS
+from tasks.store.ledger import NEVER_SENT, RowRecord, State, request_hash
+from tasks.store.states import UNPAID_ENDS
 
 if TYPE_CHECKING:
-    from tasks.manifest import Manifest, ManifestRow
+    from tasks.store.manifest import Manifest, ManifestRow
 
 # The vendor may charge a failed or cancelled task too; then it is paid like any other.
 _UNPAID_ENDS = UNPAID_ENDS

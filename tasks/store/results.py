@@ -10,9 +10,9 @@ Columns, in order (`SCHEMA` holds the fixed ones with their Arrow types):
                            with (CSV cells are strings). One whose name collides with a fixed
                            column is renamed `manifest_<name>` (prefixed again while that name
                            is taken too), so neither hides the other.
-    status                 one of RESULT_STATUSES (`tasks.states.Status`, mapped from the
-                           ledger state by `tasks.states.result_status`); `conflict` marks a row
-                           held because its paid task was made from another version of the
+    status                 one of RESULT_STATUSES (`tasks.store.states.Status`, mapped from the
+                           ledger state by `tasks.store.states.result_status`); `conflict` marks a
+                           row held because its paid task was made from another version of the
                            row: its money columns (task_id, attempt, cost, estimated_cost,
                            submitted_at, run_id) stay, since money spent is still spent, but
                            what that task made (video_*, timings, completed_at) is left empty,
@@ -57,13 +57,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from apimart import spec
-from tasks.atomic import write_atomically
-from tasks.ledger import RowRecord
-from tasks.states import SETTLED, STATUS_ORDER, UNSENT, Status
-from tasks.states import result_status as status_of_state
+from tasks.store.atomic import write_atomically
+from tasks.store.ledger import RowRecord
+from tasks.store.states import SETTLED, STATUS_ORDER, UNSENT, Status
+from tasks.store.states import result_status as status_of_state
 
 if TYPE_CHECKING:
-    from tasks.manifest import Manifest, ManifestRow
+    from tasks.store.manifest import Manifest, ManifestRow
 
 __all__ = [
     "CSV_FILE",
@@ -146,7 +146,7 @@ _INT32_MAX: Final = 2**31 - 1
 
 
 def result_status(row: ManifestRow, record: RowRecord | None) -> Status:
-    """The row's outcome as the results table reports it (the map is `tasks.states`')."""
+    """The row's outcome as the results table reports it (the map is `tasks.store.states`')."""
     return status_of_state(None if record is None else record.state, valid=row.valid)
 
 
@@ -164,7 +164,7 @@ def build_results(
 ) -> pa.Table:
     """One line per manifest row, in manifest order (`prices` as for `spec.estimate_cost`).
 
-    `held` maps the rows the ledger check holds (see `tasks.run.ledger_conflicts`) to why:
+    `held` maps the rows the ledger check holds (see `tasks.run.lifecycle.ledger_conflicts`) to why:
     they read `conflict`, with that reason as their error message.
     """
     rows = manifest.rows

@@ -49,14 +49,14 @@ from typing import Any
 from apimart.models import VideoRequest
 from tasks.errors import LedgerLocked
 
-# The states and their groupings live in tasks.states; they are re-exported here so code that
+# The states and their groupings live in tasks.store.states; they are re-exported here so code that
 # has always imported them from the ledger keeps working.
-from tasks.states import AT_RISK
-from tasks.states import DOUBTFUL as DOUBTFUL
-from tasks.states import NEVER_SENT as NEVER_SENT
-from tasks.states import TO_POLL as TO_POLL
-from tasks.states import WITH_TASK as WITH_TASK
-from tasks.states import State as State
+from tasks.store.states import AT_RISK
+from tasks.store.states import DOUBTFUL as DOUBTFUL
+from tasks.store.states import NEVER_SENT as NEVER_SENT
+from tasks.store.states import TO_POLL as TO_POLL
+from tasks.store.states import WITH_TASK as WITH_TASK
+from tasks.store.states import State as State
 
 LEDGER_FILE = "ledger.sqlite"
 LOCK_FILE = ".videobatch.lock"

@@ -29,10 +29,10 @@ from apimart.errors import (
 )
 from apimart.models import SubmitResult, VideoRequest
 from tasks.errors import TaskNotRecorded
-from tasks.ledger import RowRecord, request_hash
-from tasks.options import RunOptions
-from tasks.runtime import Runtime, get_runtime, run_logger
-from tasks.states import DOUBTFUL, State, parse_state
+from tasks.run.options import RunOptions
+from tasks.run.runtime import Runtime, get_runtime, run_logger
+from tasks.store.ledger import RowRecord, request_hash
+from tasks.store.states import DOUBTFUL, State, parse_state
 
 # How often one row is re-queued after 429s that outlasted the client's own retries.
 MAX_THROTTLED_ROUNDS = 8
@@ -138,7 +138,7 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
     Money: a doubtful row's first POST may have created a paid task, and its estimate is in
     the budget already (the ledger counts it). A resend reserves its own estimate on top, so
     the cap holds even if both were charged; the ledger keeps counting the first until a plain
-    400 settles the doubt (see `tasks.ledger`).
+    400 settles the doubt (see `tasks.store.ledger`).
     """
     decision = submit_decision(runtime, row_id)
     if isinstance(decision, str):

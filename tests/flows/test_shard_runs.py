@@ -18,10 +18,10 @@ import pytest
 from prefect.client.schemas.objects import State
 from prefect.states import Cancelled, Completed, Failed, Pending, Running
 
-from tasks import shard_runs
-from tasks.ledger import FolderLock
-from tasks.options import RunOptions
-from tasks.shard_runs import ShardWatch, run_shard
+from flows import shard_runs
+from flows.shard_runs import ShardWatch, run_shard
+from tasks.run.options import RunOptions
+from tasks.store.ledger import FolderLock
 
 
 @dataclass

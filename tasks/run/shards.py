@@ -31,14 +31,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from apimart import spec
-from tasks.atomic import write_atomically, write_text_atomically
 from tasks.errors import ShardPlanError
-from tasks.hashing import file_sha256
-from tasks.layout import require_layout
-from tasks.ledger import LEDGER_FILE, LOCK_FILE, Ledger, RowRecord
-from tasks.manifest import Manifest, ManifestRow, read_manifest
-from tasks.options import RunOptions
-from tasks.results import build_results, write_results
+from tasks.run.options import RunOptions
+from tasks.store.atomic import write_atomically, write_text_atomically
+from tasks.store.hashing import file_sha256
+from tasks.store.layout import require_layout
+from tasks.store.ledger import LEDGER_FILE, LOCK_FILE, Ledger, RowRecord
+from tasks.store.manifest import Manifest, ManifestRow, read_manifest
+from tasks.store.results import build_results, write_results
 
 SHARDS_DIR = "shards"
 PLAN_FILE = "shards.json"

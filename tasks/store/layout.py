@@ -18,7 +18,7 @@ from tasks.errors import LayoutMismatch
 
 Layout = Literal["empty", "plain", "sharded"]
 
-# The names are restated here (not imported from tasks.ledger / tasks.shards) so that this
+# The names are restated here (not imported from tasks.store.ledger / tasks.run.shards) so that this
 # module stays importable without pyarrow or sqlite setup; tests pin them to the originals.
 LEDGER_FILE = "ledger.sqlite"
 PLAN_FILE = "shards.json"

@@ -14,8 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.inbox import INBOX_LIMIT
-from tasks.runtime import SECRET_BLOCK
+from tasks.run.inbox import INBOX_LIMIT
+from tasks.run.runtime import SECRET_BLOCK
 
 WORK_POOL = "videobatch"
 # What `prefect deploy --all` creates from prefect.yaml (flow name/deployment name).

@@ -22,11 +22,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from tasks.errors import InboxRefused
-from tasks.hashing import file_sha256
-from tasks.ledger import LEDGER_FILE, Ledger
-from tasks.manifest import SUFFIXES
-from tasks.options import RunOptions
-from tasks.states import FINAL_STATUSES
+from tasks.run.options import RunOptions
+from tasks.store.hashing import file_sha256
+from tasks.store.ledger import LEDGER_FILE, Ledger
+from tasks.store.manifest import SUFFIXES
+from tasks.store.states import FINAL_STATUSES
 
 DONE_DIR, REJECTED_DIR = "done", "rejected"
 # The global concurrency limit (limit 1) that keeps two inbox runs apart; `videobatch deploy`

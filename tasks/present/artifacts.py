@@ -21,11 +21,11 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 
-from tasks.runtime import run_logger
-from tasks.summary import results_table_for_artifact, summarize, summary_markdown
+from tasks.present.summary import results_table_for_artifact, summarize, summary_markdown
+from tasks.run.runtime import run_logger
 
 if TYPE_CHECKING:
-    from tasks.run import Estimate
+    from tasks.run.lifecycle import Estimate
 
 # A dry run of a huge, broken manifest must not make a page nobody can open.
 ESTIMATE_INVALID_SHOWN = 100

@@ -21,10 +21,10 @@ from apimart import spec
 from apimart.client import AsyncAPIMartClient
 from apimart.models import Video
 from apimart.redact import install_redaction as install_redaction  # re-exported for the run
-from tasks.gate import Budget, SubmitGate
-from tasks.ledger import Ledger
-from tasks.manifest import Manifest, ManifestRow
-from tasks.options import RunOptions
+from tasks.run.gate import Budget, SubmitGate
+from tasks.run.options import RunOptions
+from tasks.store.ledger import Ledger
+from tasks.store.manifest import Manifest, ManifestRow
 
 SECRET_BLOCK = "apimart-api-key"
 _log = logging.getLogger("videobatch")

@@ -16,23 +16,13 @@ import pyarrow as pa
 
 from apimart.client import AsyncAPIMartClient, check_api_key
 from apimart.errors import AuthenticationError
-
-# The ledger check and the estimate live in Prefect-free modules (the read-only commands use
-# them); they are re-exported here, where the flows have always imported them from.
-from tasks.conflicts import Conflict as Conflict
-from tasks.conflicts import LedgerCheck, ledger_conflicts, records_for_results, renewed_record
-from tasks.conflicts import holds_money as holds_money
 from tasks.errors import ManifestConflict, RunRefused
-from tasks.estimate import TASK_MINUTES as TASK_MINUTES
-from tasks.estimate import Estimate as Estimate
-from tasks.estimate import estimate_run as estimate_run
-from tasks.gate import Budget, SubmitGate
-from tasks.layout import LayoutMismatch, require_layout
-from tasks.ledger import WITH_TASK, Ledger, RowRecord, State, open_ledger
-from tasks.manifest import Manifest, read_manifest
-from tasks.options import RunOptions
-from tasks.results import build_results, write_results
-from tasks.runtime import (
+from tasks.run.estimate import TASK_MINUTES as TASK_MINUTES
+from tasks.run.estimate import Estimate as Estimate
+from tasks.run.estimate import estimate_run as estimate_run
+from tasks.run.gate import Budget, SubmitGate
+from tasks.run.options import RunOptions
+from tasks.run.runtime import (
     Runtime,
     install_redaction,
     new_run_id,
@@ -40,7 +30,17 @@ from tasks.runtime import (
     resolve_api_key,
     run_logger,
 )
-from tasks.submit import send_decision
+from tasks.steps.submit import send_decision
+
+# The ledger check and the estimate live in Prefect-free modules (the read-only commands use
+# them); they are re-exported here, where the flows have always imported them from.
+from tasks.store.conflicts import Conflict as Conflict
+from tasks.store.conflicts import LedgerCheck, ledger_conflicts, records_for_results, renewed_record
+from tasks.store.conflicts import holds_money as holds_money
+from tasks.store.layout import LayoutMismatch, require_layout
+from tasks.store.ledger import WITH_TASK, Ledger, RowRecord, State, open_ledger
+from tasks.store.manifest import Manifest, read_manifest
+from tasks.store.results import build_results, write_results
 
 __all__ = [
     "TASK_MINUTES",

@@ -1,7 +1,7 @@
 """The options of a run: one pydantic model, so the Prefect UI renders them as a form.
 
 The API key is deliberately not here: flow parameters are stored and shown by Prefect. It comes
-from `APIMART_API_KEY` or the Prefect Secret block `apimart-api-key` (see `tasks.runtime`).
+from `APIMART_API_KEY` or the Prefect Secret block `apimart-api-key` (see `tasks.run.runtime`).
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.states import Cancelled, Completed, Failed, Pending, Running, State
 
-from tasks.ledger import FolderLock
-from tasks.options import RunOptions
-from tasks.shard_runs import SHARD_TAG, ShardOutcome, ShardWatch, run_shard
+from flows.shard_runs import SHARD_TAG, ShardOutcome, ShardWatch, run_shard
+from tasks.run.options import RunOptions
+from tasks.store.ledger import FolderLock
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 

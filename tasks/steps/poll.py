@@ -26,8 +26,8 @@ from apimart.errors import (
     TransportError,
 )
 from apimart.models import Task
-from tasks.runtime import Runtime, get_runtime, run_logger
-from tasks.states import TO_POLL, State
+from tasks.run.runtime import Runtime, get_runtime, run_logger
+from tasks.store.states import TO_POLL, State
 
 # What a later try could cure; everything else fails the task at once.
 TRANSIENT = (TransportError, ServerError, ProtocolError, RateLimitError)

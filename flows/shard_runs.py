@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from tasks.options import RunOptions
-from tasks.runtime import run_logger
-from tasks.shards import folder_holder
+from tasks.run.options import RunOptions
+from tasks.run.runtime import run_logger
+from tasks.run.shards import folder_holder
 
 SHARD_TAG = "videobatch-shard"
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tasks.manifest import Manifest
-    from tasks.options import RunOptions
+    from tasks.run.options import RunOptions
+    from tasks.store.manifest import Manifest
 
 
 @dataclass(frozen=True)

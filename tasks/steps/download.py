@@ -25,14 +25,14 @@ from prefect.cache_policies import NO_CACHE
 from apimart.download import DownloadUnavailable
 from apimart.errors import DownloadError, LinkExpiredError
 from apimart.models import Video
-from tasks.atomic import replace_durably
+from tasks.run.runtime import Runtime, get_runtime, retry_when, run_logger
+from tasks.steps.poll import TRANSIENT
+from tasks.store.atomic import replace_durably
 
 # Re-exported: callers have long imported it from here.
-from tasks.hashing import file_sha256 as file_sha256
-from tasks.poll import TRANSIENT
-from tasks.probe import VideoUnreadable, probe_video
-from tasks.runtime import Runtime, get_runtime, retry_when, run_logger
-from tasks.states import DOWNLOADABLE, State
+from tasks.store.hashing import file_sha256 as file_sha256
+from tasks.store.probe import VideoUnreadable, probe_video
+from tasks.store.states import DOWNLOADABLE, State
 
 VIDEOS_DIR = "videos"
 

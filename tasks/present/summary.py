@@ -1,7 +1,8 @@
 """Totals of a results table, for people: a `Summary`, its markdown, and a table artifact.
 
-Works on the table alone (see `tasks.results`), so a summary can be made of any results file,
-from any run, without the ledger. No Prefect here: `tasks.artifacts` publishes what this makes.
+Works on the table alone (see `tasks.store.results`), so a summary can be made of any results
+file, from any run, without the ledger. No Prefect here: `tasks.present.artifacts` publishes
+what this makes.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any, Final
 
 import pyarrow as pa
 
-from tasks.results import RESULT_STATUSES
-from tasks.states import NOT_DONE, NOT_FAILURES, Status
+from tasks.store.results import RESULT_STATUSES
+from tasks.store.states import NOT_DONE, NOT_FAILURES, Status
 
 __all__ = [
     "ARTIFACT_COLUMNS",

@@ -27,13 +27,13 @@ from urllib.parse import quote
 import numpy as np
 import pyarrow as pa
 
-from tasks.atomic import write_text_atomically
-from tasks.probe import Thumbnail, first_frame_thumbnail
-from tasks.results import FIXED_COLUMNS, read_results
-from tasks.states import Status
-from tasks.summary import column_values as _column
-from tasks.summary import earlier_posts_cost, money, seconds
-from tasks.summary import finite_number as _number
+from tasks.present.summary import column_values as _column
+from tasks.present.summary import earlier_posts_cost, money, seconds
+from tasks.present.summary import finite_number as _number
+from tasks.store.atomic import write_text_atomically
+from tasks.store.probe import Thumbnail, first_frame_thumbnail
+from tasks.store.results import FIXED_COLUMNS, read_results
+from tasks.store.states import Status
 
 REPORT_FILE = "report.html"
 THUMB_WIDTH = 240
@@ -127,7 +127,7 @@ def report_numbers(table: pa.Table) -> dict[str, Any]:
     - `success_rate`: `videos / rows` (0.0 for an empty table), a fraction, not a percentage.
     - `unknown_rows`, `at_risk`: rows whose POST may have created a paid task, and the sum of
       the `estimated_cost` of those without a real cost yet, plus every row's
-      `earlier_posts_cost` (as `tasks.summary` counts it).
+      `earlier_posts_cost` (as `tasks.present.summary` counts it).
     - `median_generation_s`, `p95_generation_s`: numpy linear-interpolated percentiles of
       `generation_s` over completed rows that have one; None when there is none.
     - `statuses`: count per status; `by_resolution`, `by_duration`: per group `rows`, `videos`,

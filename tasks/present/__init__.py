@@ -1,0 +1,1 @@
+"""What people see: summaries, Prefect artifacts, the HTML report."""

@@ -1,0 +1,1 @@
+"""One run: its options, shared context, brakes and budget; how runs are grouped (inbox, shards)."""

@@ -1,0 +1,1 @@
+"""The steps of a row: submit, poll, download. The only Prefect task code."""
