@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
 from prefect import flow
 
 from tasks.present.artifacts import Progress, artifact_key, publish_estimate, publish_results
@@ -25,7 +26,7 @@ from tasks.run.lifecycle import (
     rows_needing_work,
 )
 from tasks.run.options import RunOptions
-from tasks.run.runtime import Runtime, run_logger
+from tasks.run.runtime import Runtime, as_task_parameter, run_logger
 from tasks.steps.download import download_task, mark_download_failed
 from tasks.steps.poll import poll_task
 from tasks.steps.submit import submit_task
@@ -34,19 +35,19 @@ from tasks.store.states import DOWNLOADABLE, TO_POLL, State
 
 
 async def _one_row(
-    key: str,
     runtime: Runtime,
     row_id: str,
     slots: asyncio.Semaphore,
     download_slots: asyncio.Semaphore,
 ) -> str:
     log = run_logger()
+    quoted = as_task_parameter(runtime)
     async with slots:
         runtime.gate.check()
-        state = await submit_task(key, row_id)
+        state = await submit_task(quoted, row_id)
         if state in TO_POLL:
             try:
-                state = await poll_task(key, row_id)
+                state = await poll_task(quoted, row_id)
             except RunStopped:
                 raise
             except Exception as exc:
@@ -58,7 +59,7 @@ async def _one_row(
     if state in DOWNLOADABLE:
         try:
             async with download_slots:
-                state = await download_task(key, row_id)
+                state = await download_task(quoted, row_id)
         except Exception as exc:
             if runtime.gate.stop_reason:
                 raise
@@ -69,9 +70,18 @@ async def _one_row(
 @flow(name="generate-videos", log_prints=False, validate_parameters=True)
 async def generate_videos(options: RunOptions) -> dict[str, Any]:
     """Generate one video per manifest row; resumable, and never pays twice for a row."""
+    return await generate(options)
+
+
+async def generate(
+    options: RunOptions, *, transport: httpx.AsyncBaseTransport | None = None
+) -> dict[str, Any]:
+    """The body of `generate-videos`. `transport` carries the client's requests instead of
+    the network (the sandbox app over `httpx.ASGITransport`, for flows run in one process);
+    it is not a flow parameter, since flow parameters are stored on the server."""
     if options.dry_run:
         return await _estimate_only(options)
-    async with open_run(options) as (key, runtime):
+    async with open_run(options, transport=transport) as runtime:
         log = run_logger()
         # Computed once: rows it holds are never touched, so it holds all run long.
         check = ledger_conflicts(runtime.manifest, runtime.ledger.all())
@@ -91,7 +101,7 @@ async def generate_videos(options: RunOptions) -> dict[str, Any]:
         download_slots = asyncio.Semaphore(options.concurrency)
 
         async def run_row(row_id: str) -> str:
-            state = await _one_row(key, runtime, row_id, slots, download_slots)
+            state = await _one_row(runtime, row_id, slots, download_slots)
             await progress.row_done(state)
             return state
 

@@ -1,7 +1,7 @@
 """Opening and closing one run: the plain-Python halves the flow wires its tasks between.
 
 `open_run` reads the manifest (every row validated before anything is spent), locks the output
-folder, opens the ledger, builds the client and registers the runtime the tasks share.
+folder, opens the ledger, builds the client and hands back the runtime the steps share.
 `finish_run` rebuilds the results table from the ledger, so it is the same whether the run
 ended well, stopped, or is rebuilt later by `videobatch results`.
 """
@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import pyarrow as pa
 
 from apimart.client import AsyncAPIMartClient, check_api_key
@@ -26,7 +27,6 @@ from tasks.run.runtime import (
     Runtime,
     install_redaction,
     new_run_id,
-    registered,
     resolve_api_key,
     run_logger,
 )
@@ -123,10 +123,17 @@ def _video_intact(runtime: Runtime, row_id: str, rel: str | None, size: int | No
 
 @asynccontextmanager
 async def open_run(
-    options: RunOptions, *, manifest: Manifest | None = None
-) -> AsyncIterator[tuple[str, Runtime]]:
+    options: RunOptions,
+    *,
+    manifest: Manifest | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[Runtime]:
     """Everything a run needs, in the order that keeps a refusal free: nothing is opened,
-    locked or sent before the manifest, the folder's layout and the key have been checked."""
+    locked or sent before the manifest, the folder's layout and the key have been checked.
+
+    `transport` carries the client's requests (API and downloads) instead of the network:
+    `httpx.ASGITransport` over the sandbox app runs a whole flow in one process.
+    """
     manifest = manifest or read_manifest(options.manifest, assets=options.assets)
     out = Path(options.out)
     try:
@@ -161,7 +168,7 @@ async def open_run(
         ledger.set_meta("assets", str(Path(options.assets).resolve()) if options.assets else "")
         for row in manifest.valid_rows:
             ledger.ensure(row.id, row.index)
-        client = AsyncAPIMartClient(base_url=options.base_url, api_key=api_key)
+        client = AsyncAPIMartClient(base_url=options.base_url, api_key=api_key, transport=transport)
         async with client:
             runtime = Runtime(
                 options=options,
@@ -173,8 +180,7 @@ async def open_run(
                 budget=Budget(cap=options.max_cost, committed=ledger.committed_cost()),
                 out=out,
             )
-            with registered(runtime) as key:
-                yield key, runtime
+            yield runtime
 
 
 def finish_run(runtime: Runtime, check: LedgerCheck | None = None) -> pa.Table:

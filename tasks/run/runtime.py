@@ -1,8 +1,10 @@
-"""What the tasks of one flow run share: client, ledger, manifest, brakes, fresh links.
+"""What the steps of one flow run share: client, ledger, manifest, brakes, fresh links.
 
-Prefect task parameters are plain strings (a run key and a row id): they show up in the UI and
-in task-run records, so nothing secret and nothing large (data URIs) travels through them. The
-objects themselves sit in a per-process registry under the run key.
+Every step takes the `Runtime` as its first argument, so what a step depends on is in its
+signature. The Prefect tasks receive it too, wrapped by `as_task_parameter` (Prefect's `quote`):
+Prefect then neither walks into it nor records it, so the task-run records on the server hold
+only the plain values beside it (row ids, a chunk's label), never the client, its key or the
+manifest's inlined images.
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from apimart import spec
 from apimart.client import AsyncAPIMartClient
@@ -66,26 +67,14 @@ class Runtime:
         return spec.estimate_cost(row.request.resolution, row.request.duration, self.options.prices)
 
 
-_REGISTRY: dict[str, Runtime] = {}
+def as_task_parameter(runtime: Runtime) -> Runtime:
+    """The runtime as a Prefect task argument: quoted, so Prefect neither traverses it (a walk
+    over every manifest row per task call) nor keeps anything of it in the task-run record.
+    Prefect unwraps the quote before the task body runs; the cast says so to the type checker.
+    """
+    from prefect.utilities.annotations import quote
 
-
-@contextmanager
-def registered(runtime: Runtime) -> Iterator[str]:
-    key = uuid.uuid4().hex
-    _REGISTRY[key] = runtime
-    try:
-        yield key
-    finally:
-        _REGISTRY.pop(key, None)
-
-
-def get_runtime(key: str) -> Runtime:
-    try:
-        return _REGISTRY[key]
-    except KeyError:
-        raise RuntimeError(
-            f"no runtime {key!r} in this process: tasks must run in their flow's process"
-        ) from None
+    return cast(Runtime, quote(runtime))
 
 
 def resolve_api_key() -> str | None:

@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from apimart.download import DownloadUnavailable
 from apimart.errors import DownloadError, LinkExpiredError
 from apimart.models import Video
-from tasks.run.runtime import Runtime, get_runtime, retry_when, run_logger
+from tasks.run.runtime import Runtime, retry_when, run_logger
 from tasks.steps.poll import TRANSIENT
 from tasks.store.atomic import replace_durably
 
@@ -201,5 +201,6 @@ def mark_download_failed(runtime: Runtime, row_id: str, why: str) -> str:
     retry_condition_fn=retry_when(*RETRYABLE),
     cache_policy=NO_CACHE,
 )
-async def download_task(run_key: str, row_id: str) -> str:
-    return await download_row(get_runtime(run_key), row_id)
+async def download_task(runtime: Runtime, row_id: str) -> str:
+    """Pass `runtime` as `as_task_parameter(runtime)`: it must never be recorded."""
+    return await download_row(runtime, row_id)

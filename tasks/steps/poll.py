@@ -26,7 +26,7 @@ from apimart.errors import (
     TransportError,
 )
 from apimart.models import Task
-from tasks.run.runtime import Runtime, get_runtime, run_logger
+from tasks.run.runtime import Runtime, run_logger
 from tasks.store.states import TO_POLL, State
 
 # What a later try could cure; everything else fails the task at once.
@@ -184,5 +184,6 @@ async def poll_row(runtime: Runtime, row_id: str) -> str:
     task_run_name="poll-{row_id}",
     cache_policy=NO_CACHE,
 )
-async def poll_task(run_key: str, row_id: str) -> str:
-    return await poll_row(get_runtime(run_key), row_id)
+async def poll_task(runtime: Runtime, row_id: str) -> str:
+    """Pass `runtime` as `as_task_parameter(runtime)`: it must never be recorded."""
+    return await poll_row(runtime, row_id)

@@ -30,7 +30,7 @@ from apimart.errors import (
 from apimart.models import SubmitResult, VideoRequest
 from tasks.errors import TaskNotRecorded
 from tasks.run.options import RunOptions
-from tasks.run.runtime import Runtime, get_runtime, run_logger
+from tasks.run.runtime import Runtime, run_logger
 from tasks.store.ledger import RowRecord, request_hash
 from tasks.store.states import DOUBTFUL, State, parse_state
 
@@ -377,5 +377,6 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
     cache_policy=NO_CACHE,
     log_prints=False,
 )
-async def submit_task(run_key: str, row_id: str) -> str:
-    return await submit_row(get_runtime(run_key), row_id)
+async def submit_task(runtime: Runtime, row_id: str) -> str:
+    """Pass `runtime` as `as_task_parameter(runtime)`: it must never be recorded."""
+    return await submit_row(runtime, row_id)

@@ -10,18 +10,60 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+from prefect import Flow, flow
 from support.manifests import write_manifest as write_manifest
 from support.runs import fast_options as fast_options
 
 from apimart.redact import secret_forms
+from apimart.sandbox import Faults, SandboxConfig, SandboxState, create_app
+from flows.generate import generate
+from tasks.run.options import RunOptions
 
 API_KEY = "sk-CANARY-flow-7c2e91d04b"
 # Every form the canary can take in text (raw, repr, JSON, percent-encoded, base64 of the key
 # and of `Bearer <key>`): a grep for the raw key alone misses a leak of any other.
 CANARY_FORMS = tuple(secret_forms(API_KEY))
+
+
+# What an in-process client calls the sandbox: never dialled (the transport carries every
+# request), but loopback, so the client allows plain http and the sandbox's CDN links.
+IN_PROCESS_URL = "http://127.0.0.1:9"
+
+
+@dataclass
+class InProcessSandbox:
+    """The sandbox app without a server: requests go through `transport`, in this process."""
+
+    url: str
+    state: SandboxState
+    config: SandboxConfig
+    transport: httpx.ASGITransport
+
+
+def in_process_sandbox(faults: Faults | None = None, **options: Any) -> InProcessSandbox:
+    """The sandbox app behind an `httpx.ASGITransport` (time compressed unless told)."""
+    options.setdefault("time_scale", 0.004)
+    config = SandboxConfig(api_key=API_KEY, faults=faults or Faults(), **options)
+    state = SandboxState()
+    return InProcessSandbox(
+        IN_PROCESS_URL, state, config, httpx.ASGITransport(app=create_app(config, state))
+    )
+
+
+def in_process_flow(sandbox: InProcessSandbox) -> Flow[..., Any]:
+    """`generate-videos`' own body as a flow whose client talks to `sandbox` in process; the
+    transport is closed over, since a flow's parameters are stored on the Prefect server."""
+
+    @flow(name="generate-videos", log_prints=False, validate_parameters=True)
+    async def generate_in_process(options: RunOptions) -> dict[str, Any]:
+        return await generate(options, transport=sandbox.transport)
+
+    return generate_in_process
 
 
 def assert_no_canary(texts: Iterable[str | bytes], where: str = "the output") -> None:

@@ -27,9 +27,9 @@ from apimart.sandbox import FaultRule, Faults, RunningSandbox, SandboxConfig, ru
 from tasks.run.lifecycle import finish_run, open_run
 from tasks.run.options import RunOptions
 from tasks.run.runtime import Runtime
-from tasks.steps.download import download_task
-from tasks.steps.poll import poll_task
-from tasks.steps.submit import submit_task
+from tasks.steps.download import download_row
+from tasks.steps.poll import poll_row
+from tasks.steps.submit import submit_row
 from tasks.store.ledger import State
 
 KEY = "sk-download-faults-canary-5d21"
@@ -42,9 +42,7 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @asynccontextmanager
-async def run_for(
-    tmp_path: Path, sb: RunningSandbox, **options: Any
-) -> AsyncIterator[tuple[str, Runtime]]:
+async def run_for(tmp_path: Path, sb: RunningSandbox, **options: Any) -> AsyncIterator[Runtime]:
     opts = RunOptions(
         manifest=str(
             write_manifest(
@@ -58,22 +56,22 @@ async def run_for(
         submit_rate=1000,
         **options,
     )
-    async with open_run(opts) as (key, runtime):
-        yield key, runtime
+    async with open_run(opts) as runtime:
+        yield runtime
 
 
 @asynccontextmanager
 async def completed_row(
     tmp_path: Path, faults: Faults | None = None, **config: Any
-) -> AsyncIterator[tuple[str, Runtime, RunningSandbox]]:
+) -> AsyncIterator[tuple[Runtime, RunningSandbox]]:
     """A run whose row r0 is paid for and completed, its fresh link in memory."""
     with run_in_thread(
         SandboxConfig(api_key=KEY, time_scale=0.002, faults=faults or Faults(), **config)
     ) as sb:
-        async with run_for(tmp_path, sb) as (key, runtime):
-            assert await submit_task.fn(key, "r0") == State.SUBMITTED
-            assert await poll_task.fn(key, "r0") == State.COMPLETED
-            yield key, runtime, sb
+        async with run_for(tmp_path, sb) as runtime:
+            assert await submit_row(runtime, "r0") == State.SUBMITTED
+            assert await poll_row(runtime, "r0") == State.COMPLETED
+            yield runtime, sb
 
 
 def visible_mp4s(videos: Path) -> list[str]:
@@ -97,9 +95,9 @@ async def test_an_undecodable_download_fails_the_row_and_leaves_no_mp4(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Bytes that are not a video end the row download_failed, fetched once, no .mp4 left."""
-    async with completed_row(tmp_path, Faults(download_garbage=ALWAYS)) as (key, rt, sb):
+    async with completed_row(tmp_path, Faults(download_garbage=ALWAYS)) as (rt, sb):
         with caplog.at_level(logging.INFO):
-            assert await download_task.fn(key, "r0") == State.DOWNLOAD_FAILED
+            assert await download_row(rt, "r0") == State.DOWNLOAD_FAILED
         record = rt.ledger.get("r0")
         assert record is not None and record.task_id
         assert record.error_code == "download_failed"
@@ -111,7 +109,7 @@ async def test_an_undecodable_download_fails_the_row_and_leaves_no_mp4(
         assert downloads(sb) == 1  # not fetched again and again within the step
 
         sb.config.faults.download_garbage = FaultRule()
-        assert await download_task.fn(key, "r0") == State.DOWNLOADED
+        assert await download_row(rt, "r0") == State.DOWNLOADED
         assert sorted(p.name for p in videos.iterdir()) == ["r0.mp4"]
 
 
@@ -119,8 +117,8 @@ async def test_a_video_unlike_the_request_is_kept_and_flagged_video_mismatch(
     tmp_path: Path,
 ) -> None:
     """A paid video of another size or length is kept, hashed and flagged video_mismatch."""
-    async with completed_row(tmp_path, Faults(video_mismatch=ALWAYS)) as (key, rt, _sb):
-        assert await download_task.fn(key, "r0") == State.DOWNLOADED
+    async with completed_row(tmp_path, Faults(video_mismatch=ALWAYS)) as (rt, _sb):
+        assert await download_row(rt, "r0") == State.DOWNLOADED
         record = rt.ledger.get("r0")
         table = finish_run(rt).to_pylist()
     assert record is not None and record.error_code == "video_mismatch"
@@ -139,11 +137,11 @@ async def test_a_link_that_only_looks_expired_here_is_downloaded_without_renewal
 ) -> None:
     """A link expired only by our skewed clock is fetched as it is, not renewed."""
     faults = Faults(cdn_clock_offset_s=-7200)  # the CDN's clock runs two hours behind
-    async with completed_row(tmp_path, faults, url_ttl_s=3600) as (key, rt, sb):
+    async with completed_row(tmp_path, faults, url_ttl_s=3600) as (rt, sb):
         link = rt.links["r0"]
         assert link.expires_at is not None and link.expires_at < time.time()
         asked = queries(sb)
-        assert await download_task.fn(key, "r0") == State.DOWNLOADED
+        assert await download_row(rt, "r0") == State.DOWNLOADED
         assert queries(sb) == asked
         assert downloads(sb) == 1
 
@@ -170,13 +168,13 @@ async def test_a_redirect_to_the_metadata_service_fails_the_row_not_the_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A CDN redirect to the metadata service fails the row, not the run; nothing goes there."""
-    async with completed_row(tmp_path) as (key, rt, sb):
+    async with completed_row(tmp_path) as (rt, sb):
         transport = OnlyThisMachine()
         async with AsyncAPIMartClient(base_url=sb.url, api_key=KEY, transport=transport) as cl:
             rt.client = cl
             sb.config.faults.download_redirect_to = "https://169.254.169.254/latest"
             with caplog.at_level(logging.INFO):
-                assert await download_task.fn(key, "r0") == State.DOWNLOAD_FAILED
+                assert await download_row(rt, "r0") == State.DOWNLOAD_FAILED
         record = rt.ledger.get("r0")
         assert record is not None and record.task_id
         message = record.error_message or ""
@@ -227,11 +225,11 @@ async def test_a_disk_that_fills_mid_download_fails_the_row_and_a_rerun_recovers
     """A disk that fills mid-download fails the row, leaves no partial file; a rerun recovers."""
     filler = fill_leaving(tiny_disk, free=16 * 1024)  # the 720p clip is about 25 KiB
     with run_in_thread(SandboxConfig(api_key=KEY, time_scale=0.002)) as sb:
-        async with run_for(tmp_path, sb) as (key, rt):
-            assert await submit_task.fn(key, "r0") == State.SUBMITTED
-            assert await poll_task.fn(key, "r0") == State.COMPLETED
+        async with run_for(tmp_path, sb) as rt:
+            assert await submit_row(rt, "r0") == State.SUBMITTED
+            assert await poll_row(rt, "r0") == State.COMPLETED
             with caplog.at_level(logging.INFO):
-                assert await download_task.fn(key, "r0") == State.DOWNLOAD_FAILED
+                assert await download_row(rt, "r0") == State.DOWNLOAD_FAILED
             record = rt.ledger.get("r0")
             assert record is not None and record.task_id
             assert "No space left on device" in (record.error_message or "")
@@ -240,8 +238,8 @@ async def test_a_disk_that_fills_mid_download_fails_the_row_and_a_rerun_recovers
             assert sb.state.stats()["bytes_served"] > 16 * 1024  # it failed mid-way
 
         filler.unlink()  # space is back
-        async with run_for(tmp_path, sb) as (key, rt):
-            assert await download_task.fn(key, "r0") == State.DOWNLOADED
+        async with run_for(tmp_path, sb) as rt:
+            assert await download_row(rt, "r0") == State.DOWNLOADED
             again = rt.ledger.get("r0")
         assert again is not None and again.task_id == record.task_id
         data = (tiny_disk / "r0.mp4").read_bytes()

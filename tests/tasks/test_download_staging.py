@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from test_download_faults import KEY, completed_row, visible_mp4s
 
-from tasks.steps.download import download_task, file_sha256, staging_path
+from tasks.steps.download import download_row, file_sha256, staging_path
 from tasks.store.ledger import State
 
 
@@ -20,8 +20,8 @@ async def test_a_verified_video_left_under_its_hidden_name_is_renamed_not_fetche
     tmp_path: Path,
 ) -> None:
     """A run that died between recording a video and renaming it costs the next run no fetch."""
-    async with completed_row(tmp_path) as (key, runtime, sb):
-        assert await download_task.fn(key, "r0") == State.DOWNLOADED
+    async with completed_row(tmp_path) as (runtime, sb):
+        assert await download_row(runtime, "r0") == State.DOWNLOADED
         videos = runtime.out / "videos"
         final = videos / "r0.mp4"
         digest = file_sha256(final)
@@ -30,7 +30,7 @@ async def test_a_verified_video_left_under_its_hidden_name_is_renamed_not_fetche
         assert visible_mp4s(videos) == []
         fetched = sb.state.counters.snapshot()
 
-        assert await download_task.fn(key, "r0") == State.DOWNLOADED
+        assert await download_row(runtime, "r0") == State.DOWNLOADED
 
         assert visible_mp4s(videos) == ["r0.mp4"]
         assert file_sha256(final) == digest
@@ -42,11 +42,11 @@ async def test_an_unrecorded_staged_video_is_fetched_again_and_never_shown_unver
     tmp_path: Path,
 ) -> None:
     """Bytes staged but never recorded (killed while decoding) are not trusted: fetched anew."""
-    async with completed_row(tmp_path) as (key, runtime, _sb):
+    async with completed_row(tmp_path) as (runtime, _sb):
         final = runtime.out / "videos" / "r0.mp4"
         final.parent.mkdir(parents=True, exist_ok=True)
         staging_path(final).write_bytes(b"half a video")
-        assert await download_task.fn(key, "r0") == State.DOWNLOADED
+        assert await download_row(runtime, "r0") == State.DOWNLOADED
         record = runtime.ledger.get("r0")
         assert record is not None and record.video_sha256 == file_sha256(final)
         assert not staging_path(final).exists()

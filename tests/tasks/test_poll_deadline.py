@@ -23,8 +23,8 @@ from apimart.sandbox import FaultRule, RunningSandbox, SandboxConfig, run_in_thr
 from tasks.run.lifecycle import open_run
 from tasks.run.options import RunOptions
 from tasks.run.runtime import Runtime
-from tasks.steps.poll import first_poll_delay, poll_task
-from tasks.steps.submit import submit_task
+from tasks.steps.poll import first_poll_delay, poll_row
+from tasks.steps.submit import submit_row
 from tasks.store.ledger import State
 
 KEY = "sk-poll-deadline-canary-0b7e"
@@ -41,7 +41,7 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
 @asynccontextmanager
 async def run_for(
     tmp_path: Path, rows: int = 1, **options: Any
-) -> AsyncIterator[tuple[str, Runtime, RunningSandbox]]:
+) -> AsyncIterator[tuple[Runtime, RunningSandbox]]:
     config = SandboxConfig(api_key=KEY, time_scale=0.002)
     values: dict[str, Any] = {"poll_initial_delay": 0.05, "poll_interval": 0.05, **options}
     with run_in_thread(config) as sb:
@@ -56,8 +56,8 @@ async def run_for(
             submit_rate=1000,
             **values,
         )
-        async with open_run(opts) as (key, runtime):
-            yield key, runtime, sb
+        async with open_run(opts) as runtime:
+            yield runtime, sb
 
 
 def queries(sb: RunningSandbox) -> int:
@@ -87,12 +87,12 @@ async def test_an_api_that_always_answers_503_ends_the_row_timeout_within_the_de
     tmp_path: Path,
 ) -> None:
     """Every query 503: the row ends `timeout` at its deadline, queries bounded, id kept."""
-    async with run_for(tmp_path, poll_timeout=1.0) as (key, rt, sb):
-        assert await submit_task.fn(key, "r0") == State.SUBMITTED
+    async with run_for(tmp_path, poll_timeout=1.0) as (rt, sb):
+        assert await submit_row(rt, "r0") == State.SUBMITTED
         sb.config.faults.query_5xx = ALWAYS
         with retry.no_waits():  # the client retries as fast as it can: the worst case
             started = time.monotonic()
-            assert await poll_task.fn(key, "r0") == State.TIMEOUT
+            assert await poll_row(rt, "r0") == State.TIMEOUT
             took = time.monotonic() - started
         record = rt.ledger.get("r0")
     assert took < 1.0 + 1.0
@@ -104,12 +104,12 @@ async def test_an_api_that_always_answers_503_ends_the_row_timeout_within_the_de
 
 async def test_the_clients_own_retry_waits_stop_at_the_deadline(tmp_path: Path) -> None:
     """Polling stops at its deadline even while the client's own retries are waiting."""
-    async with run_for(tmp_path, poll_timeout=3.0, poll_initial_delay=0) as (key, _rt, sb):
-        assert await submit_task.fn(key, "r0") == State.SUBMITTED
+    async with run_for(tmp_path, poll_timeout=3.0, poll_initial_delay=0) as (rt, sb):
+        assert await submit_row(rt, "r0") == State.SUBMITTED
         sb.config.faults.query_5xx = ALWAYS
         assert retry.waits_enabled()
         started = time.monotonic()
-        assert await poll_task.fn(key, "r0") == State.TIMEOUT
+        assert await poll_row(rt, "r0") == State.TIMEOUT
         took = time.monotonic() - started
     # Uncut, the client's four waits alone would take 7.5 s or more.
     assert took < 7.0
@@ -118,12 +118,12 @@ async def test_the_clients_own_retry_waits_stop_at_the_deadline(tmp_path: Path) 
 
 async def test_a_second_entry_in_the_same_run_keeps_the_first_deadline(tmp_path: Path) -> None:
     """A retried poll step does not restart the clock: past the deadline it ends at once."""
-    async with run_for(tmp_path, poll_timeout=0.5) as (key, rt, sb):
+    async with run_for(tmp_path, poll_timeout=0.5) as (rt, sb):
         sb.config.faults.hold_tasks = True
-        assert await submit_task.fn(key, "r0") == State.SUBMITTED
-        assert await poll_task.fn(key, "r0") == State.TIMEOUT
+        assert await submit_row(rt, "r0") == State.SUBMITTED
+        assert await poll_row(rt, "r0") == State.TIMEOUT
         asked = settled_queries(sb)
-        assert await poll_task.fn(key, "r0") == State.TIMEOUT
+        assert await poll_row(rt, "r0") == State.TIMEOUT
         # Had the retry restarted the clock, it would have queried the held task again.
         assert settled_queries(sb) == asked
         record = rt.ledger.get("r0")
@@ -134,12 +134,12 @@ async def test_a_submitted_at_in_the_future_does_not_stretch_the_first_wait(
     tmp_path: Path,
 ) -> None:
     """A row stamped in the future (a fast clock) is first polled after the usual delay."""
-    async with run_for(tmp_path, poll_timeout=1.0, poll_initial_delay=0.2) as (key, rt, sb):
+    async with run_for(tmp_path, poll_timeout=1.0, poll_initial_delay=0.2) as (rt, sb):
         sb.config.faults.hold_tasks = True
-        assert await submit_task.fn(key, "r0") == State.SUBMITTED
+        assert await submit_row(rt, "r0") == State.SUBMITTED
         rt.ledger.update("r0", submitted_at=time.time() + 3600)
         started = time.monotonic()
-        state = await asyncio.wait_for(poll_task.fn(key, "r0"), timeout=10)
+        state = await asyncio.wait_for(poll_row(rt, "r0"), timeout=10)
         took = time.monotonic() - started
     assert state == State.TIMEOUT
     assert took < 1.0 + 1.0
@@ -148,11 +148,11 @@ async def test_a_submitted_at_in_the_future_does_not_stretch_the_first_wait(
 
 async def test_the_initial_delay_is_bounded_by_the_deadline(tmp_path: Path) -> None:
     """An initial delay past the deadline still ends the row on time, after one query."""
-    async with run_for(tmp_path, poll_timeout=0.5, poll_initial_delay=60) as (key, _rt, sb):
+    async with run_for(tmp_path, poll_timeout=0.5, poll_initial_delay=60) as (rt, sb):
         sb.config.faults.hold_tasks = True
-        assert await submit_task.fn(key, "r0") == State.SUBMITTED
+        assert await submit_row(rt, "r0") == State.SUBMITTED
         started = time.monotonic()
-        state = await asyncio.wait_for(poll_task.fn(key, "r0"), timeout=10)
+        state = await asyncio.wait_for(poll_row(rt, "r0"), timeout=10)
         took = time.monotonic() - started
     assert state == State.TIMEOUT
     assert took < 0.5 + 1.0

@@ -27,9 +27,9 @@ from tasks.run.gate import MAX_PAUSE_S, RunStopped, SubmitGate
 from tasks.run.lifecycle import open_run
 from tasks.run.options import RunOptions
 from tasks.run.runtime import Runtime
-from tasks.steps.download import download_task
-from tasks.steps.poll import poll_task
-from tasks.steps.submit import TaskNotRecorded, submit_task
+from tasks.steps.download import download_row
+from tasks.steps.poll import poll_row
+from tasks.steps.submit import TaskNotRecorded, submit_row, submit_task
 from tasks.store.ledger import State, open_ledger
 
 KEY = "sk-submit-money-canary-5d1e"
@@ -54,7 +54,7 @@ def sandbox(faults: Faults | None = None) -> Iterator[RunningSandbox]:
 @asynccontextmanager
 async def a_run(
     tmp_path: Path, sb: RunningSandbox, prompts: list[str], **options: Any
-) -> AsyncIterator[tuple[str, Runtime]]:
+) -> AsyncIterator[Runtime]:
     """One run into `tmp_path/out` (the same folder every time), as the flow opens it."""
     values: dict[str, Any] = {
         "manifest": str(
@@ -67,8 +67,8 @@ async def a_run(
         "submit_rate": 1000,
     }
     values.update(options)
-    async with open_run(RunOptions(**values)) as (key, runtime):
-        yield key, runtime
+    async with open_run(RunOptions(**values)) as runtime:
+        yield runtime
 
 
 def counters(sb: RunningSandbox) -> dict[str, Any]:
@@ -121,8 +121,8 @@ def refusing_gateway(
 async def _doubtful_row(tmp_path: Path, sb: RunningSandbox) -> None:
     """r0's POST creates and bills a task, then the connection drops: r0 is `unknown`."""
     sb.config.faults.submit_drop_after_create = FaultRule(rate=1.0)
-    async with a_run(tmp_path, sb, ["a doubtful clip"]) as (key, rt):
-        assert await submit_task.fn(key, "r0") == State.UNKNOWN
+    async with a_run(tmp_path, sb, ["a doubtful clip"]) as rt:
+        assert await submit_row(rt, "r0") == State.UNKNOWN
         assert rt.ledger.committed_cost() == pytest.approx(ESTIMATE)
     sb.config.faults.submit_drop_after_create = FaultRule()  # a resend would now get through
     assert counters(sb)["tasks_created"] == 1
@@ -137,11 +137,8 @@ async def test_a_resend_is_skipped_when_the_cap_admits_one_estimate_but_not_two(
         cap = 1.5 * ESTIMATE
         async with a_run(
             tmp_path, sb, ["a doubtful clip"], resubmit_unknown=True, max_cost=cap
-        ) as (
-            key,
-            rt,
-        ):
-            assert await submit_task.fn(key, "r0") == State.UNKNOWN
+        ) as rt:
+            assert await submit_row(rt, "r0") == State.UNKNOWN
             held = record(rt, "r0")
             assert held.state == State.UNKNOWN
             assert "not resent" in held.error_message and "cap" in held.error_message
@@ -155,21 +152,21 @@ async def test_a_cap_that_admits_two_resends_and_counts_both_posts(tmp_path: Pat
         await _doubtful_row(tmp_path, sb)
         prompts = ["a doubtful clip", "a later row"]
         cap = 2.5 * ESTIMATE
-        async with a_run(tmp_path, sb, prompts, resubmit_unknown=True, max_cost=cap) as (key, rt):
-            assert await submit_task.fn(key, "r0") == State.SUBMITTED
+        async with a_run(tmp_path, sb, prompts, resubmit_unknown=True, max_cost=cap) as rt:
+            assert await submit_row(rt, "r0") == State.SUBMITTED
             assert rt.ledger.committed_cost() == pytest.approx(2 * ESTIMATE)
             assert rt.budget.committed == pytest.approx(2 * ESTIMATE)
-            assert await poll_task.fn(key, "r0") == State.COMPLETED
-            assert await download_task.fn(key, "r0") == State.DOWNLOADED
+            assert await poll_row(rt, "r0") == State.COMPLETED
+            assert await download_row(rt, "r0") == State.DOWNLOADED
             cost = record(rt, "r0").cost
             assert cost is not None and cost > 0
             # The first POST may have been billed too: it stays counted beside the real cost.
             assert rt.ledger.committed_cost() == pytest.approx(cost + ESTIMATE)
         assert counters(sb)["tasks_created"] == 2  # this sandbox ignores idempotency keys
         # The next run's budget starts from both: a third estimate no longer fits.
-        async with a_run(tmp_path, sb, prompts, max_cost=cap) as (key, rt):
+        async with a_run(tmp_path, sb, prompts, max_cost=cap) as rt:
             assert rt.budget.committed == pytest.approx(cost + ESTIMATE)
-            assert await submit_task.fn(key, "r1") == State.SKIPPED_BUDGET
+            assert await submit_row(rt, "r1") == State.SKIPPED_BUDGET
         assert counters(sb)["submit_requests"] == 2
 
 
@@ -178,8 +175,8 @@ async def test_a_resend_that_never_got_through_leaves_one_post_counted(tmp_path:
     with sandbox() as sb:
         await _doubtful_row(tmp_path, sb)
         sb.config.faults.payment_after = 0
-        async with a_run(tmp_path, sb, ["a doubtful clip"], resubmit_unknown=True) as (key, rt):
-            assert await submit_task.fn(key, "r0") == State.UNKNOWN
+        async with a_run(tmp_path, sb, ["a doubtful clip"], resubmit_unknown=True) as rt:
+            assert await submit_row(rt, "r0") == State.UNKNOWN
             held = record(rt, "r0")
             assert held.estimated_cost == pytest.approx(ESTIMATE)
             assert not held.earlier_posts_cost
@@ -195,15 +192,15 @@ async def test_only_a_plain_400_to_the_resend_settles_the_doubt(tmp_path: Path) 
         with refusing_gateway(409, "conflict", "idempotency key in use") as (url, _):
             async with a_run(
                 tmp_path, sb, ["a doubtful clip"], resubmit_unknown=True, base_url=url
-            ) as (key, rt):
-                assert await submit_task.fn(key, "r0") == State.UNKNOWN
+            ) as rt:
+                assert await submit_row(rt, "r0") == State.UNKNOWN
                 assert rt.ledger.committed_cost() == pytest.approx(ESTIMATE)
                 assert rt.budget.committed == pytest.approx(ESTIMATE)
         with refusing_gateway(400, "invalid_request_error", "bad prompt") as (url, _):
             async with a_run(
                 tmp_path, sb, ["a doubtful clip"], resubmit_unknown=True, base_url=url
-            ) as (key, rt):
-                assert await submit_task.fn(key, "r0") == State.REJECTED
+            ) as rt:
+                assert await submit_row(rt, "r0") == State.REJECTED
                 assert not record(rt, "r0").earlier_posts_cost
                 assert rt.ledger.committed_cost() == 0
                 assert rt.budget.committed == pytest.approx(0)
@@ -215,18 +212,18 @@ async def test_only_a_plain_400_to_the_resend_settles_the_doubt(tmp_path: Path) 
 async def test_a_client_failure_before_sending_leaves_the_row_never_sent(tmp_path: Path) -> None:
     """An exception from client.submit other than SubmitOutcomeUnknown: row pending, money back."""
     with sandbox() as sb:
-        async with a_run(tmp_path, sb, ["never leaves"]) as (key, rt):
+        async with a_run(tmp_path, sb, ["never leaves"]) as rt:
             await rt.client.aclose()  # the client now refuses to send anything
             with pytest.raises(RuntimeError, match="closed"):
-                await submit_task.fn(key, "r0")
+                await submit_row(rt, "r0")
             row = record(rt, "r0")
             assert row.state == State.PENDING
             assert row.error_code == "submit_error" and "closed" in row.error_message
             assert rt.budget.committed == 0
             assert rt.ledger.committed_cost() == 0
         assert counters(sb)["submit_requests"] == 0
-        async with a_run(tmp_path, sb, ["never leaves"]) as (key, rt):
-            assert await submit_task.fn(key, "r0") == State.SUBMITTED  # sent by the next run
+        async with a_run(tmp_path, sb, ["never leaves"]) as rt:
+            assert await submit_row(rt, "r0") == State.SUBMITTED  # sent by the next run
         assert counters(sb)["tasks_created"] == 1
 
 
@@ -253,15 +250,15 @@ async def test_a_task_the_ledger_would_not_record_is_never_taken_for_not_sent(
 ) -> None:
     """A failure after the POST returned a task stops the run; the row is doubtful, not pending."""
     with sandbox() as sb:
-        async with a_run(tmp_path, sb, ["paid, unrecorded", "second"]) as (key, rt):
+        async with a_run(tmp_path, sb, ["paid, unrecorded", "second"]) as rt:
             _refuse_task_ids(rt.out)
             with pytest.raises(TaskNotRecorded) as caught:
-                await submit_task.fn(key, "r0")
+                await submit_row(rt, "r0")
             task_id = caught.value.task_id
             assert task_id.startswith("task_")
             assert rt.gate.stop_reason is not None and task_id in rt.gate.stop_reason
             with pytest.raises(RunStopped):
-                await submit_task.fn(key, "r1")  # nothing else is paid while the ledger fails
+                await submit_row(rt, "r1")  # nothing else is paid while the ledger fails
             assert record(rt, "r0").state == State.INTENT
             assert rt.budget.committed == pytest.approx(ESTIMATE)  # paid money stays counted
             _accept_task_ids(rt.out)
@@ -270,8 +267,8 @@ async def test_a_task_the_ledger_would_not_record_is_never_taken_for_not_sent(
             held = ledger.get("r0")
             assert held is not None and held.state == State.UNKNOWN
             assert ledger.committed_cost() == pytest.approx(ESTIMATE)
-        async with a_run(tmp_path, sb, ["paid, unrecorded", "second"]) as (key, rt):
-            assert await submit_task.fn(key, "r0") == State.UNKNOWN
+        async with a_run(tmp_path, sb, ["paid, unrecorded", "second"]) as rt:
+            assert await submit_row(rt, "r0") == State.UNKNOWN
         assert counters(sb)["submit_requests"] == 1  # never sent again unasked
 
 
@@ -279,22 +276,22 @@ async def test_a_post_to_a_route_that_does_not_exist_stops_the_run(tmp_path: Pat
     """404 on the POST: the run stops naming the URL, and every row stays never-sent."""
     with sandbox() as sb:
         prompts = ["one", "two", "three"]
-        async with a_run(tmp_path, sb, prompts, base_url=sb.url + "/v1") as (key, rt):
+        async with a_run(tmp_path, sb, prompts, base_url=sb.url + "/v1") as rt:
             with pytest.raises(Exception, match="404"):
-                await submit_task.fn(key, "r0")
+                await submit_row(rt, "r0")
             assert rt.gate.stop_reason is not None
             assert f"{sb.url}/v1/v1/videos/generations" in rt.gate.stop_reason
             for row_id in ("r1", "r2"):
                 with pytest.raises(RunStopped):
-                    await submit_task.fn(key, row_id)
+                    await submit_row(rt, row_id)
             states = {r.row_id: r.state for r in rt.ledger.all().values()}
             assert states == dict.fromkeys(("r0", "r1", "r2"), State.PENDING)
             assert record(rt, "r0").error_code == "endpoint_not_found"
             assert rt.ledger.committed_cost() == 0
             assert [e["kind"] for e in rt.ledger.events() if e["kind"] == "intent"] == ["intent"]
-        async with a_run(tmp_path, sb, prompts) as (key, rt):
+        async with a_run(tmp_path, sb, prompts) as rt:
             for row_id in ("r0", "r1", "r2"):
-                assert await submit_task.fn(key, row_id) == State.SUBMITTED
+                assert await submit_row(rt, row_id) == State.SUBMITTED
         assert set(counters(sb)["tasks_created_by_prompt"].values()) == {1}
 
 
@@ -303,13 +300,13 @@ async def test_a_403_stops_the_run_as_permission_denied_with_rows_never_sent(
 ) -> None:
     """403 on the POST stops the run saying 403 (not 401); the row stays never-sent."""
     with sandbox() as sb, refusing_gateway() as (url, seen):
-        async with a_run(tmp_path, sb, ["one", "two"], base_url=url) as (key, rt):
+        async with a_run(tmp_path, sb, ["one", "two"], base_url=url) as rt:
             with pytest.raises(PermissionDeniedError):
-                await submit_task.fn(key, "r0")
+                await submit_row(rt, "r0")
             assert rt.gate.stop_reason is not None and "403" in rt.gate.stop_reason
             assert "401" not in rt.gate.stop_reason
             with pytest.raises(RunStopped):
-                await submit_task.fn(key, "r1")
+                await submit_row(rt, "r1")
             assert record(rt, "r0").state == State.PENDING
             assert record(rt, "r0").error_code == "permission_denied"
             assert rt.budget.committed == 0
@@ -325,14 +322,14 @@ async def test_an_hour_long_retry_after_closes_submitting_in_seconds(tmp_path: P
     prompts = ["in flight", "THROTTLE me", "after the 429"]
     with sandbox(faults) as sb:
         started = time.monotonic()
-        async with a_run(tmp_path, sb, prompts) as (key, rt):
+        async with a_run(tmp_path, sb, prompts) as rt:
 
             async def steps() -> None:
-                assert await submit_task.fn(key, "r0") == State.SUBMITTED
-                assert await submit_task.fn(key, "r1") == State.PENDING
-                assert await submit_task.fn(key, "r2") == State.PENDING
-                assert await poll_task.fn(key, "r0") == State.COMPLETED
-                assert await download_task.fn(key, "r0") == State.DOWNLOADED
+                assert await submit_row(rt, "r0") == State.SUBMITTED
+                assert await submit_row(rt, "r1") == State.PENDING
+                assert await submit_row(rt, "r2") == State.PENDING
+                assert await poll_row(rt, "r0") == State.COMPLETED
+                assert await download_row(rt, "r0") == State.DOWNLOADED
 
             await asyncio.wait_for(steps(), timeout=60)
             for row_id in ("r1", "r2"):
@@ -343,9 +340,9 @@ async def test_an_hour_long_retry_after_closes_submitting_in_seconds(tmp_path: P
         assert time.monotonic() - started < 60
         assert counters(sb)["submit_requests"] == 2  # r2 was never tried
         sb.config.faults.submit_429 = FaultRule()
-        async with a_run(tmp_path, sb, prompts) as (key, rt):
-            assert await submit_task.fn(key, "r1") == State.SUBMITTED
-            assert await submit_task.fn(key, "r2") == State.SUBMITTED
+        async with a_run(tmp_path, sb, prompts) as rt:
+            assert await submit_row(rt, "r1") == State.SUBMITTED
+            assert await submit_row(rt, "r2") == State.SUBMITTED
         assert set(counters(sb)["tasks_created_by_prompt"].values()) == {1}
 
 
@@ -356,11 +353,11 @@ async def test_the_submit_rate_climbs_back_after_a_429(tmp_path: Path) -> None:
     )
     prompts = ["THROTTLE once", *(f"then fine {i}" for i in range(5))]
     with sandbox(faults) as sb:
-        async with a_run(tmp_path, sb, prompts, submit_rate=1000) as (key, rt):
-            assert await submit_task.fn(key, "r0") == State.SUBMITTED
+        async with a_run(tmp_path, sb, prompts, submit_rate=1000) as rt:
+            assert await submit_row(rt, "r0") == State.SUBMITTED
             assert rt.gate.rate < 1000
             for i in range(1, 6):
-                assert await submit_task.fn(key, f"r{i}") == State.SUBMITTED
+                assert await submit_row(rt, f"r{i}") == State.SUBMITTED
             assert rt.gate.rate == pytest.approx(1000)
 
 
