@@ -5,7 +5,8 @@ Content-Security-Policy forbids any fetch, so the file can be mailed or archived
 offline without leaking anything. Every value that came from the manifest or the API is user
 text and is escaped. No Prefect here: the CLI writes the same report outside a flow.
 
-Public API: `write_report(out, table=None) -> str` (a `file://` URI of the written report) and
+Public API: `write_report(out, table=None) -> str` (a `file://` URI of the written report, or
+its URL when `out` is a store location such as `s3://bucket/prefix`) and
 `report_numbers(table) -> dict` (the totals the page shows, for tests and callers).
 """
 
@@ -15,6 +16,7 @@ import base64
 import html
 import math
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,14 +28,16 @@ from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tasks.present.summary import column_values as _column
 from tasks.present.summary import earlier_posts_cost, money, seconds
 from tasks.present.summary import finite_number as _number
 from tasks.store.atomic import write_text_atomically
 from tasks.store.probe import Thumbnail, first_frame_thumbnail
-from tasks.store.results import FIXED_COLUMNS, read_results
+from tasks.store.results import FIXED_COLUMNS, PARQUET_FILE, read_results
 from tasks.store.states import Status
+from tasks.store.storage import LocalOutput, Output, open_output
 
 REPORT_FILE = "report.html"
 THUMB_WIDTH = 240
@@ -664,15 +668,29 @@ def render_report(out: Path, table: pa.Table) -> str:
     )
 
 
-def write_report(out: Path | str, table: pa.Table | None = None) -> str:
-    """Write `OUT/report.html` atomically and return its absolute `file://` URI.
+def write_report(
+    out: Path | str | Output, table: pa.Table | None = None, *, videos: Path | None = None
+) -> str:
+    """Write `OUT/report.html` atomically and return where it is: its absolute `file://` URI
+    for a folder, its URL for a store location (`s3://bucket/prefix/report.html`).
 
     `table` defaults to `OUT/results.parquet` (`read_results`). Videos are looked up as
-    `OUT/<video_path>`.
+    `OUT/<video_path>` for a folder; for a store URL as `videos/<video_path>` when `videos`
+    names the local folder they were staged in (thumbnails are never downloaded), and the
+    cards show no preview without it.
     """
-    folder = Path(out)
+    output = open_output(out)
+    if isinstance(output, LocalOutput):
+        folder = output.root
+        if table is None:
+            table = read_results(folder)
+        target = folder / REPORT_FILE
+        write_text_atomically(target, render_report(folder, table))
+        return target.resolve().as_uri()
     if table is None:
-        table = read_results(folder)
-    target = folder / REPORT_FILE
-    write_text_atomically(target, render_report(folder, table))
-    return target.resolve().as_uri()
+        with output.open_input(PARQUET_FILE) as stream:
+            table = pq.read_table(stream)
+    if videos is not None:
+        return str(output.write_text(REPORT_FILE, render_report(Path(videos), table)))
+    with tempfile.TemporaryDirectory(prefix="videobatch-report-") as empty:
+        return str(output.write_text(REPORT_FILE, render_report(Path(empty), table)))

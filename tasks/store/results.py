@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, overload
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -57,10 +57,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from apimart import spec
-from tasks.store.atomic import write_atomically
 from tasks.store.ledger import RowRecord
 from tasks.store.states import SETTLED, STATUS_ORDER, UNSENT, Status
 from tasks.store.states import result_status as status_of_state
+from tasks.store.storage import Output, open_output
 
 if TYPE_CHECKING:
     from tasks.store.manifest import Manifest, ManifestRow
@@ -196,13 +196,18 @@ def build_results(
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_results(table: pa.Table, out: Path) -> tuple[Path, Path]:
-    """Write `OUT/results.parquet` and `OUT/results.csv`, each replaced atomically."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    parquet = write_atomically(out / PARQUET_FILE, lambda f: pq.write_table(table, f))
+@overload
+def write_results(table: pa.Table, out: Path) -> tuple[Path, Path]: ...
+@overload
+def write_results(table: pa.Table, out: str | Output) -> tuple[Path | str, Path | str]: ...
+def write_results(table: pa.Table, out: Path | str | Output) -> tuple[Path | str, Path | str]:
+    """Write `OUT/results.parquet` and `OUT/results.csv`, each replaced atomically; `out` is a
+    folder (returns the two paths) or a store URL such as `s3://bucket/prefix` (returns the
+    two URLs; each object appears whole or not at all, see `tasks.store.storage`)."""
+    output = open_output(out)
+    parquet = output.write(PARQUET_FILE, lambda f: pq.write_table(table, f))
     csv_table = _for_spreadsheets(table)
-    csv = write_atomically(out / CSV_FILE, lambda f: pacsv.write_csv(csv_table, f))
+    csv = output.write(CSV_FILE, lambda f: pacsv.write_csv(csv_table, f))
     return parquet, csv
 
 
