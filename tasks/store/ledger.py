@@ -26,7 +26,17 @@ intent, so both POSTs count until the doubt is settled:
   task reports its real cost: the folder's committed cost may overstate what was charged (by
   at most those estimates, which the vendor's bill can settle) but never understates it.
 
-Ledgers written before this column existed (schema 1) gain it, empty, when opened for writing.
+Backends. `Ledger` holds every rule, as SQL written once, and opens the embedded default: one
+SQLite file per output folder. `tasks.store.ledger_postgres.PostgresLedger` runs the same
+statements on PostgreSQL, where one database holds many batches (see `open_ledger`).
+
+Schema and its upgrade path (SQLite; `meta.schema` is the version):
+* 1: the first ledgers. 2: `rows.earlier_posts_cost`. 3: `rows.lease_owner`, `lease_until`,
+  `reserved_cost`, `reserved_until` (claims and budget reservations).
+* Opening a file for writing adds every missing column (`ALTER TABLE ... ADD COLUMN`, instant,
+  no rows rewritten) and raises `meta.schema`; read-only opens read any version as it is (the
+  missing columns read as empty). A newer videobatch only ever adds columns, so an older one
+  can still read the file.
 """
 
 from __future__ import annotations
@@ -40,11 +50,11 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from apimart.models import VideoRequest
 from tasks.errors import LedgerLocked
@@ -60,7 +70,7 @@ from tasks.store.states import State as State
 
 LEDGER_FILE = "ledger.sqlite"
 LOCK_FILE = ".videobatch.lock"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -101,7 +111,14 @@ class RowRecord:
 
 
 _COLUMNS = [f.name for f in fields(RowRecord)]
-_TYPES = {"idx": "INTEGER", "attempt": "INTEGER", "polls": "INTEGER", "earlier_posts_cost": "REAL"}
+_TYPES = {
+    "idx": "INTEGER",
+    "attempt": "INTEGER",
+    "polls": "INTEGER",
+    "earlier_posts_cost": "REAL",
+    "lease_until": "REAL",
+    "reserved_until": "REAL",
+}
 
 
 def _column_sql(name: str) -> str:
@@ -115,6 +132,28 @@ def _column_sql(name: str) -> str:
         else "TEXT"
     )
     return f"{name} {kind}"
+
+
+# Columns of the rows table that are not part of RowRecord (claims and reservations; schema 3).
+_LEASE_COLUMNS = ["lease_owner", "lease_until", "reserved_cost", "reserved_until"]
+_ALL_COLUMNS = _COLUMNS + _LEASE_COLUMNS
+_AT_RISK_PARAMS = {f"risk{i}": str(s) for i, s in enumerate(sorted(AT_RISK))}
+_AT_RISK_MARKS = ", ".join(f":{name}" for name in _AT_RISK_PARAMS)
+
+
+def _plain(value: Any) -> Any:
+    """A State (a str enum) stored as its plain text, whatever the driver makes of enums."""
+    return str(value) if isinstance(value, State) else value
+
+
+class _SqliteTx:
+    def __init__(self, db: sqlite3.Connection, ledger: Ledger) -> None:
+        self._db, self._ledger = db, ledger
+
+    def run(self, sql: str, params: Mapping[str, Any]) -> tuple[int, list[Mapping[str, Any]]]:
+        cursor = self._db.execute(self._ledger._q(sql), {"batch": self._ledger.batch, **params})
+        rows = cursor.fetchall()
+        return cursor.rowcount, rows
 
 
 def request_hash(request: VideoRequest) -> str:
@@ -165,47 +204,124 @@ class FolderLock:
         self.release()
 
 
+class EventRow(Protocol):
+    """One stored event: `event["kind"]`, `event["row_id"]`, `event["at"]`, `event["detail"]`."""
+
+    def __getitem__(self, key: str) -> Any: ...
+
+    def keys(self) -> Any: ...
+
+
+class Tx(Protocol):
+    """One open write transaction of a backend: statements run in it commit together."""
+
+    def run(self, sql: str, params: Mapping[str, Any]) -> tuple[int, list[Mapping[str, Any]]]:
+        """Run one statement; its rowcount and the rows it returned (RETURNING, SELECT)."""
+        ...
+
+
 class Ledger:
-    """Durable per-row state. Thread-safe; every write is its own committed transaction."""
+    """Durable per-row state. Thread-safe; every write is its own committed transaction.
+
+    This class holds every rule (the SQL of each read and write, written once) and opens the
+    SQLite backend; `tasks.store.ledger_postgres.PostgresLedger` subclasses it and swaps only
+    the connection (`_read`, `_write`), the schema and the few SQL words that differ
+    (`_SQL_WORDS`). So both backends run the very same statements in the same order.
+    """
+
+    # Pieces of SQL that differ between backends, substituted into every statement.
+    # `scope`: the WHERE term that confines a statement to this ledger's batch (a SQLite file
+    # is one batch, so nothing); `bcol`/`bval`: the batch column of an INSERT.
+    _SQL_WORDS: Mapping[str, str] = {
+        "rows": "rows",
+        "meta": "meta",
+        "events": "events",
+        "scope": "",
+        "bcol": "",
+        "bval": "",
+        "lock": "",
+    }
+    batch: str = ""
 
     def __init__(self, folder: str | Path, *, readonly: bool = False) -> None:
         self.folder = Path(folder)
         self.path = self.folder / LEDGER_FILE
         self._lock = threading.RLock()
+        self.readonly = readonly
+        self._sql_cache: dict[str, str] = {}
         if readonly:
             if not self.path.exists():
                 raise FileNotFoundError(f"no ledger in {self.folder} (nothing was run there)")
             uri = f"file:{self.path}?mode=ro"
-            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
+            self._db = sqlite3.connect(
+                uri, uri=True, check_same_thread=False, timeout=30, isolation_level=None
+            )
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            # isolation_level=None: transactions are opened explicitly (BEGIN IMMEDIATE, see
+            # `_write`), so a write never starts as a reader and fails to upgrade.
+            self._db = sqlite3.connect(
+                self.path, check_same_thread=False, timeout=30, isolation_level=None
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._create()
         self._db.row_factory = sqlite3.Row
         self._columns = {r[1] for r in self._db.execute("PRAGMA table_info(rows)").fetchall()}
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.folder)!r}, readonly={self.readonly})"
+
+    # -- the connection: all a backend has to provide ---------------------------------------
+    def _read(self, sql: str, params: Mapping[str, Any] = {}) -> list[Mapping[str, Any]]:
+        with self._lock:
+            return self._db.execute(self._q(sql), {"batch": self.batch, **params}).fetchall()
+
+    @contextmanager
+    def _write(self) -> Iterator[Tx]:
+        """One write transaction. BEGIN IMMEDIATE takes SQLite's one writer lock up front,
+        so a read-then-write (a claim, a budget reservation) is atomic across processes."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteTx(self._db, self)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _q(self, sql: str) -> str:
+        cached = self._sql_cache.get(sql)
+        if cached is None:
+            cached = self._sql_cache[sql] = sql.format_map(self._SQL_WORDS)
+        return cached
+
     def _create(self) -> None:
-        with self._lock, self._db:
-            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-            cols = ", ".join(_column_sql(c) for c in _COLUMNS)
-            self._db.execute(f"CREATE TABLE IF NOT EXISTS rows ({cols})")
+        with self._write() as tx:
+            tx.run("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)", {})
+            cols = ", ".join(_column_sql(c) for c in _ALL_COLUMNS)
+            tx.run(f"CREATE TABLE IF NOT EXISTS rows ({cols})", {})
             have = {r[1] for r in self._db.execute("PRAGMA table_info(rows)").fetchall()}
-            for column in _COLUMNS:
+            for column in _ALL_COLUMNS:
                 if column not in have:  # a ledger from an older schema
-                    self._db.execute(f"ALTER TABLE rows ADD COLUMN {_column_sql(column)}")
-            self._db.execute(
+                    tx.run(f"ALTER TABLE rows ADD COLUMN {_column_sql(column)}", {})
+            tx.run(
                 "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-                "at REAL, row_id TEXT, kind TEXT, detail TEXT)"
+                "at REAL, row_id TEXT, kind TEXT, detail TEXT)",
+                {},
             )
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema', ?), ('salt', ?), ('created', ?)",
-                (str(SCHEMA_VERSION), secrets.token_hex(4), str(time.time())),
+            tx.run(
+                "INSERT OR IGNORE INTO meta VALUES ('schema', :schema), ('salt', :salt), "
+                "('created', :created)",
+                {
+                    "schema": str(SCHEMA_VERSION),
+                    "salt": secrets.token_hex(4),
+                    "created": str(time.time()),
+                },
             )
-            self._db.execute(
-                "UPDATE meta SET value = ? WHERE key = 'schema' AND CAST(value AS INTEGER) < ?",
-                (str(SCHEMA_VERSION), SCHEMA_VERSION),
+            tx.run(
+                "UPDATE meta SET value = :v WHERE key = 'schema' AND CAST(value AS INTEGER) < :n",
+                {"v": str(SCHEMA_VERSION), "n": SCHEMA_VERSION},
             )
 
     def close(self) -> None:
@@ -220,34 +336,45 @@ class Ledger:
 
     # -- meta -------------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        rows = self._read("SELECT value FROM {meta} WHERE {scope} key = :key", {"key": key})
+        return None if not rows else str(rows[0]["value"])
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        with self._write() as tx:
+            tx.run(
+                "INSERT INTO {meta} ({bcol} key, value) VALUES ({bval} :key, :value) "
+                "ON CONFLICT ({bcol} key) DO UPDATE SET value = excluded.value",
+                {"key": key, "value": value},
+            )
 
     # -- rows -------------------------------------------------------------------------------
+    def _record_sql(self) -> str:
+        # Only RowRecord's columns, and only those the file has (an old read-only file lacks
+        # the newer ones; RowRecord's defaults stand in for them).
+        return ", ".join(c for c in _COLUMNS if c in self._columns)
+
     def get(self, row_id: str) -> RowRecord | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM rows WHERE row_id = ?", (row_id,)).fetchone()
-        return None if row is None else RowRecord(**dict(row))
+        rows = self._read(
+            f"SELECT {self._record_sql()} FROM {{rows}} WHERE {{scope}} row_id = :row_id",
+            {"row_id": row_id},
+        )
+        return None if not rows else RowRecord(**dict(rows[0]))
 
     def all(self) -> dict[str, RowRecord]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM rows ORDER BY idx").fetchall()
+        rows = self._read(
+            f"SELECT {self._record_sql()} FROM {{rows}} WHERE {{scope}} 1 = 1 ORDER BY idx"
+        )
         return {r["row_id"]: RowRecord(**dict(r)) for r in rows}
 
     def ensure(self, row_id: str, idx: int) -> RowRecord:
         """The row's record, created as pending the first time the row is seen."""
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT OR IGNORE INTO rows (row_id, idx, state, attempt, polls, updated_at) "
-                "VALUES (?, ?, ?, 0, 0, ?)",
-                (row_id, idx, State.PENDING, time.time()),
+        with self._write() as tx:
+            tx.run(
+                "INSERT INTO {rows} ({bcol} row_id, idx, state, attempt, polls, updated_at) "
+                "VALUES ({bval} :row_id, :idx, :state, 0, 0, :now) "
+                "ON CONFLICT ({bcol} row_id) DO UPDATE SET idx = excluded.idx",
+                {"row_id": row_id, "idx": idx, "state": str(State.PENDING), "now": time.time()},
             )
-            self._db.execute("UPDATE rows SET idx = ? WHERE row_id = ?", (idx, row_id))
         record = self.get(row_id)
         assert record is not None
         return record
@@ -257,22 +384,35 @@ class Ledger:
         if unknown:
             raise KeyError(f"not ledger columns: {sorted(unknown)}")
         values["updated_at"] = time.time()
-        assignments = ", ".join(f"{k} = ?" for k in values)
-        with self._lock, self._db:
-            cursor = self._db.execute(
-                f"UPDATE rows SET {assignments} WHERE row_id = ?", (*values.values(), row_id)
-            )
-            if cursor.rowcount != 1:
-                raise KeyError(f"row {row_id!r} is not in the ledger")
-            if event:
-                detail = {k: v for k, v in values.items() if k != "updated_at"}
-                self._db.execute(
-                    "INSERT INTO events (at, row_id, kind, detail) VALUES (?, ?, ?, ?)",
-                    (values["updated_at"], row_id, event, json.dumps(detail, default=str)),
-                )
+        with self._write() as tx:
+            self._update_in(tx, row_id, event, values)
+
+    def _update_in(self, tx: Tx, row_id: str, event: str | None, values: dict[str, Any]) -> None:
+        """`update` inside an open transaction (column names checked by the caller)."""
+        assignments = ", ".join(f"{k} = :v_{k}" for k in values)
+        params = {f"v_{k}": _plain(v) for k, v in values.items()}
+        count, _ = tx.run(
+            f"UPDATE {{rows}} SET {assignments} WHERE {{scope}} row_id = :row_id",
+            {**params, "row_id": row_id},
+        )
+        if count != 1:
+            raise KeyError(f"row {row_id!r} is not in the ledger")
+        if event:
+            detail = {k: v for k, v in values.items() if k != "updated_at"}
+            self._event_in(tx, row_id, event, detail, values["updated_at"])
+
+    def _event_in(
+        self, tx: Tx, row_id: str, kind: str, detail: Mapping[str, Any], at: float
+    ) -> None:
+        tx.run(
+            "INSERT INTO {events} ({bcol} at, row_id, kind, detail) "
+            "VALUES ({bval} :at, :row_id, :kind, :detail)",
+            {"at": at, "row_id": row_id, "kind": kind, "detail": json.dumps(detail, default=str)},
+        )
 
     def idempotency_key(self, row_id: str, req_hash: str, attempt: int) -> str:
-        """Stable per (folder, row, request, attempt): a resend of the same attempt reuses it."""
+        """Stable per (batch, row, request, attempt): a resend of the same attempt reuses it.
+        (A folder's SQLite ledger is one batch, so: stable per folder.)"""
         salt = self.meta("salt") or ""
         digest = hashlib.sha256(f"{salt}:{row_id}:{req_hash}:{attempt}".encode()).hexdigest()
         return f"vb-{row_id[:100]}-a{attempt}-{digest[:24]}"
@@ -328,11 +468,11 @@ class Ledger:
 
     def mark_doubtful_as_unknown(self) -> list[str]:
         """Rows left in `intent` by a dead process: their POST outcome is unknown."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT row_id FROM rows WHERE state = ?", (State.INTENT,)
-            ).fetchall()
-        ids = [r[0] for r in rows]
+        rows = self._read(
+            "SELECT row_id FROM {rows} WHERE {scope} state = :state ORDER BY idx",
+            {"state": str(State.INTENT)},
+        )
+        ids = [str(r["row_id"]) for r in rows]
         for row_id in ids:
             self.update(
                 row_id,
@@ -347,40 +487,45 @@ class Ledger:
     def committed_cost(self) -> float:
         """Money spent or at risk: the real cost where known, the estimate where not (yet),
         plus the estimates of earlier POSTs whose outcome is unsettled (see the module)."""
-        at_risk = sorted(AT_RISK)
-        marks = ", ".join("?" for _ in at_risk)
+        rows = self._read(
+            f"SELECT {self._committed_sql()} AS total FROM {{rows}} WHERE {{scope}} 1 = 1",
+            _AT_RISK_PARAMS,
+        )
+        return float(rows[0]["total"])
+
+    def _committed_sql(self) -> str:
         # A ledger of schema 1 opened read-only has no such column, and nothing in it.
         earlier = (
             " + COALESCE(earlier_posts_cost, 0)" if "earlier_posts_cost" in self._columns else ""
         )
-        with self._lock:
-            row = self._db.execute(
-                "SELECT COALESCE(SUM(CASE WHEN cost IS NOT NULL THEN cost "
-                f"WHEN state IN ({marks}) THEN COALESCE(estimated_cost, 0) "
-                f"ELSE 0 END{earlier}), 0) FROM rows",
-                at_risk,
-            ).fetchone()
-        return float(row[0])
+        return (
+            "COALESCE(SUM(CASE WHEN cost IS NOT NULL THEN cost "
+            f"WHEN state IN ({_AT_RISK_MARKS}) THEN COALESCE(estimated_cost, 0) "
+            f"ELSE 0 END{earlier}), 0)"
+        )
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM rows GROUP BY state").fetchall()
-        return {r[0]: int(r[1]) for r in rows}
+        rows = self._read(
+            "SELECT state, COUNT(*) AS n FROM {rows} WHERE {scope} 1 = 1 GROUP BY state"
+        )
+        return {str(r["state"]): int(r["n"]) for r in rows}
 
     def spent(self) -> float:
-        with self._lock:
-            row = self._db.execute("SELECT COALESCE(SUM(cost), 0) FROM rows").fetchone()
-        return float(row[0])
+        rows = self._read("SELECT COALESCE(SUM(cost), 0) AS total FROM {rows} WHERE {scope} 1 = 1")
+        return float(rows[0]["total"])
 
-    def events(self, row_id: str | None = None) -> Iterator[sqlite3.Row]:
-        with self._lock:
-            if row_id is None:
-                rows = self._db.execute("SELECT * FROM events ORDER BY seq").fetchall()
-            else:
-                rows = self._db.execute(
-                    "SELECT * FROM events WHERE row_id = ? ORDER BY seq", (row_id,)
-                ).fetchall()
-        yield from rows
+    def events(self, row_id: str | None = None) -> Iterator[EventRow]:
+        """The row's (or every row's) events, oldest first (`seq`, `at`, `row_id`, `kind`,
+        `detail`), each readable as `event["kind"]`."""
+        cols = "seq, at, row_id, kind, detail"
+        if row_id is None:
+            rows = self._read(f"SELECT {cols} FROM {{events}} WHERE {{scope}} 1 = 1 ORDER BY seq")
+        else:
+            rows = self._read(
+                f"SELECT {cols} FROM {{events}} WHERE {{scope}} row_id = :row_id ORDER BY seq",
+                {"row_id": row_id},
+            )
+        yield from rows  # type: ignore[misc]
 
 
 @contextmanager

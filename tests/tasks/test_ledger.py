@@ -12,6 +12,7 @@ import pytest
 
 from apimart.models import VideoRequest
 from tasks.store.ledger import (
+    SCHEMA_VERSION,
     FolderLock,
     Ledger,
     LedgerLocked,
@@ -239,7 +240,7 @@ def test_a_ledger_from_schema_1_still_opens_and_gains_the_new_column(tmp_path: P
         assert ledger.committed_cost() == pytest.approx(0.1)
         assert ledger.get("old").earlier_posts_cost is None  # type: ignore[union-attr]
     with open_ledger(tmp_path) as ledger:
-        assert ledger.meta("schema") == "2"
+        assert ledger.meta("schema") == str(SCHEMA_VERSION)
         assert ledger.meta("salt") == "abcd1234"  # the old keys stay the same
         record = ledger.get("old")
         assert record is not None and record.state == State.UNKNOWN
