@@ -6,16 +6,22 @@ are still written); 2 the run could not start or was stopped; 130 interrupted (C
 
 from __future__ import annotations
 
-import os
+import inspect
+import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from types import UnionType
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
+import annotated_types
 import typer
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
+# RunOptions (pydantic, no Prefect) is imported at start-up: the flags are generated from it.
+from tasks.run import environment
+from tasks.run.options import RunOptions
 from videobatch import console, ops
-
-if TYPE_CHECKING:
-    from tasks.run.options import RunOptions
 
 app = typer.Typer(
     name="videobatch",
@@ -35,121 +41,229 @@ def _example(command: str) -> str:
     return f"Example: `{command}`"
 
 
-def _env(option: str) -> str:
-    return f"VIDEOBATCH_{option.upper()}"
+# --- the options of a run, generated from the fields of RunOptions ---------------------------
+
+# Every field but the manifest (an argument) is an option of `run`.
+RUN_OPTIONS = tuple(name for name in RunOptions.model_fields if name != "manifest")
+# Presentation only, not a declaration: the one short alias, and the fields that name a folder
+# (given as paths, so `out/demo/` and `./out/demo` are the folder `out/demo`, as before).
+_SHORT_FLAGS = {"out": "-o"}
+_FOLDERS = frozenset({"out", "assets"})
+_RULES = (
+    (annotated_types.Ge, "ge", ">="),
+    (annotated_types.Gt, "gt", ">"),
+    (annotated_types.Le, "le", "<="),
+    (annotated_types.Lt, "lt", "<"),
+)
+_Command = TypeVar("_Command", bound=Callable[..., None])
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field(name: str) -> FieldInfo:
+    return RunOptions.model_fields[name]
+
+
+def _base_type(name: str) -> Any:
+    """The field's type without None: what a value of the option is."""
+    annotation = _field(name).annotation
+    if get_origin(annotation) in (Union, UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return annotation
+
+
+def _is_json(name: str) -> bool:
+    """Mappings (the price table) are given as JSON text, on the command line and in env."""
+    return get_origin(_base_type(name)) is dict
+
+
+def _cli_type(name: str) -> Any:
+    base = _base_type(name)
+    if _is_json(name):
+        base = str
+    elif name in _FOLDERS:
+        base = Path
+    elif base not in (str, int, float, bool):
+        raise TypeError(f"RunOptions.{name}: no command-line form for {base!r}")
+    return base | None if _field(name).default is None else base
+
+
+def _help(name: str) -> str:
+    """The field's description, its rules as the model checks them, and its variable."""
+    info = _field(name)
+    parts = [info.description or ""]
+    rules = [
+        f"{sign} {getattr(rule, attr)}"
+        for rule in info.metadata
+        for kind, attr, sign in _RULES
+        if isinstance(rule, kind)
+    ]
+    if rules:
+        parts.append(f"Must be {' and '.join(rules)}.")
+    if _is_json(name):
+        parts.append("A JSON object.")
+    var = environment.OPTION_VARIABLES.get(name)
+    if var:
+        parts.append(f"Env: {var}.")
+    return " ".join(parts)
+
+
+def _option(name: str) -> inspect.Parameter:
+    """The typer option of one RunOptions field: --field-name, the field's type, default,
+    description and rules. Its value is checked by the model itself (see _run_options)."""
+    decls = (_flag(name), _SHORT_FLAGS[name]) if name in _SHORT_FLAGS else ()
+    option = typer.Option(*decls, help=_help(name), metavar="JSON" if _is_json(name) else None)
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=_field(name).default,
+        annotation=Annotated[_cli_type(name), option],
+    )
+
+
+def with_run_options(*names: str) -> Callable[[_Command], _Command]:
+    """Give a command one option per named RunOptions field, received in its **options.
+
+    typer reads a command's options from its signature, so the signature is extended: the
+    generated options come after the command's own positional parameters and before its own
+    keyword-only ones.
+    """
+
+    def extend(command: _Command) -> _Command:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        positional = [p for p in own if p.kind is not p.KEYWORD_ONLY]
+        keyword = [p for p in own if p.kind is p.KEYWORD_ONLY]
+        generated = [_option(name) for name in names]
+        extended = signature.replace(parameters=[*positional, *generated, *keyword])
+        command.__signature__ = extended  # type: ignore[attr-defined]
+        return command
+
+    return extend
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """The user gave this option on the command line (not its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
+
+
+def _json_object(text: str, where: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise typer.BadParameter(
+            'must be a JSON object, e.g. {"720p": 0.15}', param_hint=where
+        ) from None
+    return value
+
+
+def _run_options(ctx: typer.Context, manifest: str, values: dict[str, Any]) -> RunOptions:
+    """RunOptions holding only what the user gave: a flag, else its VIDEOBATCH_ variable.
+
+    The rest take the model's defaults but stay out of `model_fields_set`, so code that
+    adapts unset options (the sandbox's polling pace) never overrides a value the user chose,
+    even one equal to the default. Every value is checked by the model's own rules; a bad one
+    stops the command (exit 2) naming the flag or the variable, and the rule.
+    """
+    given: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    for name, value in values.items():
+        if _given(ctx, name):
+            given[name], where[name] = value, f"'{_flag(name)}'"
+    absent = [name for name in values if name not in given]
+    for name, (var, text) in environment.option_texts(absent).items():
+        # The text as it is: the model parses it by the field's type (numbers, yes/no).
+        given[name], where[name] = text, f"{var} (the value of '{_flag(name)}')"
+    for name in given:
+        if _is_json(name) and isinstance(given[name], str):
+            given[name] = _json_object(given[name], where[name])
+        elif name in _FOLDERS:
+            given[name] = str(Path(given[name]))
+    try:
+        return RunOptions(manifest=manifest, **given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name, *inner = (str(part) for part in error["loc"])
+        detail = f"{'.'.join(inner)}: " if inner else ""
+        raise typer.BadParameter(
+            f"{detail}{error['msg']}", param_hint=where.get(name, f"'{_flag(name)}'")
+        ) from None
+
+
+def _sandbox_forced(ctx: typer.Context, flag: bool) -> bool:
+    if _given(ctx, "sandbox"):
+        return flag
+    try:
+        return bool(environment.sandbox_forced())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=environment.SANDBOX) from None
+
+
+def _ledger_export(url: str | None) -> dict[str, str]:
+    """What `--ledger` puts into the run's environment (nothing when not given)."""
+    if url is None:
+        return {}
+    try:
+        return {environment.LEDGER_URL: environment.ledger_url_from_flag(url)}
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--ledger'") from None
 
 
 Manifest = Annotated[
     Path, typer.Argument(help="Manifest file: .csv, .parquet or .jsonl.", show_default=False)
 ]
-Out = Annotated[Path, typer.Option("--out", "-o", envvar=_env("out"), help="Output folder.")]
-Assets = Annotated[
-    Path | None,
-    typer.Option(
-        envvar=_env("assets"),
-        help="Folder local image paths may come from, besides the manifest's own folder.",
-        show_default=False,
-    ),
-]
 
 
 @app.command(epilog=_example("videobatch run data/manifests/demo.csv --out out/demo --max-cost 5"))
+@with_run_options(*RUN_OPTIONS)
 def run(
     ctx: typer.Context,
     manifest: Manifest,
-    out: Out = Path("out"),
-    assets: Assets = None,
-    concurrency: Annotated[
-        int, typer.Option(envvar=_env("concurrency"), min=1, help="Most jobs in flight.")
-    ] = 8,
-    submit_rate: Annotated[
-        float, typer.Option(envvar=_env("submit_rate"), help="Most submissions per second.")
-    ] = 2.0,
-    max_cost: Annotated[
-        float | None,
-        typer.Option(envvar=_env("max_cost"), help="Budget cap for the output folder."),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option(envvar=_env("dry_run"), help="Validate and estimate; send nothing.")
-    ] = False,
-    resubmit_unknown: Annotated[
-        bool,
-        typer.Option(
-            envvar=_env("resubmit_unknown"), help="Resend rows whose POST outcome is unknown."
-        ),
-    ] = False,
-    retry_failed: Annotated[
-        bool,
-        typer.Option(envvar=_env("retry_failed"), help="Submit failed rows as a new attempt."),
-    ] = False,
-    poll_initial_delay: Annotated[
-        float,
-        typer.Option(envvar=_env("poll_initial_delay"), help="Seconds before the first query."),
-    ] = 8.0,
-    poll_interval: Annotated[
-        float, typer.Option(envvar=_env("poll_interval"), help="Seconds between queries.")
-    ] = 8.0,
-    poll_timeout: Annotated[
-        float,
-        typer.Option(envvar=_env("poll_timeout"), help="Seconds of polling before `timeout`."),
-    ] = 1800.0,
+    *,
     sandbox: Annotated[
         bool,
-        typer.Option(envvar=_env("sandbox"), help="Run against the offline sandbox (no cost)."),
+        typer.Option(
+            help="Run against the offline sandbox (no cost), even with a key. "
+            f"Env: {environment.SANDBOX}."
+        ),
     ] = False,
-    report: Annotated[
-        bool, typer.Option(envvar=_env("report"), help="Write OUT/report.html.")
-    ] = True,
+    ledger: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="Where the ledger lives (default: OUT/ledger.sqlite). Given to the run as "
+            f"{environment.LEDGER_URL} in its environment, never as a flow parameter (Prefect "
+            f"stores those). A URL with a password must come from {environment.LEDGER_URL} "
+            "or a Prefect Secret block: here it is refused.",
+            show_default=False,
+        ),
+    ] = None,
+    **options: Any,
 ) -> None:
     """Generate one video per manifest row into OUT; run it again to resume.
 
     Rows already submitted are polled, not paid again; rows whose POST outcome is unknown are
     held until you pass --resubmit-unknown.
     """
-    given = {
-        "out": str(out),
-        "assets": str(assets) if assets is not None else None,
-        "concurrency": concurrency,
-        "submit_rate": submit_rate,
-        "max_cost": max_cost,
-        "dry_run": dry_run,
-        "resubmit_unknown": resubmit_unknown,
-        "retry_failed": retry_failed,
-        "poll_initial_delay": poll_initial_delay,
-        "poll_interval": poll_interval,
-        "poll_timeout": poll_timeout,
-        "report": report,
-    }
-    options = _run_options(ctx, str(manifest), given)
-    if dry_run:
-        raise typer.Exit(console.dry_run(options))
-    raise typer.Exit(console.run(options, sandbox=sandbox))
-
-
-def _run_options(ctx: typer.Context, manifest: str, values: dict[str, Any]) -> RunOptions:
-    """RunOptions holding only what the user gave (a flag or its VIDEOBATCH_ variable).
-
-    The rest take the model's defaults but stay out of `model_fields_set`, so code that
-    adapts unset options (the sandbox's polling pace) never overrides a value the user chose,
-    even one equal to the default.
-    """
-    from tasks.run.options import RunOptions
-
-    given = {}
-    for name, value in values.items():
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name != "DEFAULT":
-            given[name] = value
-    return RunOptions(manifest=manifest, **given)
+    chosen = _run_options(ctx, str(manifest), options)
+    forced = _sandbox_forced(ctx, sandbox)
+    with environment.exported(_ledger_export(ledger)):
+        code = console.dry_run(chosen) if chosen.dry_run else console.run(chosen, sandbox=forced)
+    raise typer.Exit(code)
 
 
 @app.command(epilog=_example("videobatch validate data/manifests/invalid.csv"))
-def validate(manifest: Manifest, assets: Assets = None) -> None:
+@with_run_options("assets")
+def validate(ctx: typer.Context, manifest: Manifest, **options: Any) -> None:
     """Check every row of a manifest and estimate cost and time; nothing is sent."""
-    from tasks.run.options import RunOptions
-
-    folder = str(assets) if assets is not None else None
-    raise typer.Exit(console.dry_run(RunOptions(manifest=str(manifest), assets=folder)))
+    raise typer.Exit(console.dry_run(_run_options(ctx, str(manifest), options)))
 
 
 @app.command(epilog=_example("videobatch status out/demo"))
@@ -228,19 +342,21 @@ def sandbox(
 @app.command(epilog=_example("PREFECT_API_URL=http://127.0.0.1:4200/api videobatch deploy"))
 def deploy(
     project: Annotated[
-        Path,
+        Path | None,
         typer.Option(
-            envvar="VIDEOBATCH_PROJECT_DIR",
-            help="Project folder holding prefect.yaml (same path on workers).",
+            help="Project folder holding prefect.yaml (same path on workers). Default: "
+            f"{environment.PROJECT_DIR}, else the current folder.",
+            show_default=False,
         ),
-    ] = Path("."),
+    ] = None,
 ) -> None:
     """Set up the Prefect server at PREFECT_API_URL: pool, limits, secret, deployments.
 
     Safe to run twice. The API key comes from APIMART_API_KEY into the Secret block
     `apimart-api-key`; it is never a parameter of any deployment.
     """
-    raise typer.Exit(ops.deploy(project))
+    folder = project or Path(environment.project_dir() or ".")
+    raise typer.Exit(ops.deploy(folder))
 
 
 @app.command(epilog=_example("videobatch server --port 4200"))
@@ -256,11 +372,7 @@ def server(
 
 
 def main() -> None:
-    # Before Prefect is imported: quiet console (the UI keeps every log), no telemetry, and a
-    # start-up timeout the temporary server can meet on a fresh database.
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    environment.apply_prefect_defaults()  # before any command imports Prefect
     app(prog_name="videobatch")
 
 

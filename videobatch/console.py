@@ -8,7 +8,6 @@ commands answer at once (tests/cli/test_startup_budget.py pins it; bench/startup
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
@@ -31,6 +30,7 @@ from tasks.errors import (
     TaskNotRecorded,
     VideobatchError,
 )
+from tasks.run import environment  # RunOptions and pydantic, no Prefect
 from tasks.store.states import DONE, DOUBTFUL
 
 if TYPE_CHECKING:
@@ -173,13 +173,11 @@ SANDBOX_NOTICE = "No real videos are made and nothing is paid."
 
 def _key_configured() -> bool:
     """A key in the environment, or in the Secret block of a configured Prefect server."""
-    if os.environ.get("APIMART_API_KEY"):
+    if environment.api_key():
         return True
-    if not os.environ.get("PREFECT_API_URL"):
+    if not environment.prefect_api_url():
         return False  # no server to hold a block; do not start one just to look
-    from tasks.run.runtime import resolve_api_key
-
-    return resolve_api_key() is not None
+    return environment.resolve_api_key() is not None
 
 
 @contextmanager
@@ -188,7 +186,7 @@ def _sandbox_if_needed(options: RunOptions, forced: bool) -> Iterator[tuple[RunO
 
     Yields the options to run with and whether they point at the emulator.
     """
-    no_endpoint = not (options.base_url or os.environ.get("APIMART_BASE_URL"))
+    no_endpoint = not (options.base_url or environment.base_url())
     if not forced and (not no_endpoint or _key_configured()):
         yield options, False
         return
@@ -200,8 +198,6 @@ def _sandbox_if_needed(options: RunOptions, forced: bool) -> Iterator[tuple[RunO
             "[bold yellow]SANDBOX: no API key and no endpoint given, so this run uses the "
             f"offline emulator at {sandbox.url}. {SANDBOX_NOTICE}[/]"
         )
-        previous = os.environ.get("APIMART_API_KEY")
-        os.environ["APIMART_API_KEY"] = config.api_key
         # The API's 8 s polling pace would make the emulator's fast tasks wait: poll every
         # second instead, unless the user chose a pace (a flag or VIDEOBATCH_POLL_*), even
         # one equal to the default: "not set" is told from "set to 8" by the fields set.
@@ -209,13 +205,9 @@ def _sandbox_if_needed(options: RunOptions, forced: bool) -> Iterator[tuple[RunO
         for name in ("poll_initial_delay", "poll_interval"):
             if name not in options.model_fields_set:
                 update[name] = SANDBOX_POLL_S
-        try:
+        # The run reads its key from the process environment, as with a real key.
+        with environment.exported({environment.API_KEY: config.api_key}):
             yield options.model_copy(update=update), True
-        finally:
-            if previous is None:
-                os.environ.pop("APIMART_API_KEY", None)
-            else:
-                os.environ["APIMART_API_KEY"] = previous
 
 
 class _Watcher:
@@ -356,7 +348,7 @@ def _refusal_before_start(options: RunOptions, manifest: Manifest, *, sandbox: b
     refusal = _layout_refusal(out, "plain")
     if refusal:
         return refusal
-    key = os.environ.get("APIMART_API_KEY")
+    key = environment.api_key()
     if key and not sandbox:
         try:
             check_api_key(key)

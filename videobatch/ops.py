@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tasks.run import environment
 from videobatch.console import EXIT_OK, EXIT_STOPPED, err, out_console
 
 
@@ -13,7 +14,8 @@ def deploy(project: Path) -> int:
 
     from videobatch.setup import DEPLOYMENTS, deploy_all, ensure_prefect_objects
 
-    if not os.environ.get("PREFECT_API_URL"):
+    server = environment.prefect_api_url()
+    if not server:
         err.print("set PREFECT_API_URL to the server to set up (see `videobatch server`)")
         return EXIT_STOPPED
     project = project.expanduser().resolve()
@@ -21,9 +23,9 @@ def deploy(project: Path) -> int:
         err.print(f"no prefect.yaml in {project}: pass --project with the videobatch folder")
         return EXIT_STOPPED
     try:
-        report = asyncio.run(ensure_prefect_objects(os.environ.get("APIMART_API_KEY")))
+        report = asyncio.run(ensure_prefect_objects(environment.api_key()))
     except Exception as exc:
-        err.print(f"[bold red]cannot set up {os.environ['PREFECT_API_URL']}:[/] {exc}")
+        err.print(f"[bold red]cannot set up {server}:[/] {exc}")
         return EXIT_STOPPED
     for line in report.done:
         out_console.print(f"✓ {line}")
@@ -46,9 +48,7 @@ def server(host: str, port: int) -> int:
 
     command, env = server_command(host, port)
     local = "127.0.0.1" if host in WILDCARD_HOSTS else host
-    database = env.get("PREFECT_API_DATABASE_CONNECTION_URL") or env.get(
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL"
-    )
+    database = environment.database_url(env)
     where = "PostgreSQL" if database and database.startswith("postgresql") else "SQLite"
     err.print(f"Prefect server with UI at http://{local}:{port} ({where}; Ctrl-C stops it)")
     err.print(f"in another shell: export PREFECT_API_URL=http://{local}:{port}/api")

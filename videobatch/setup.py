@@ -7,15 +7,15 @@ up in shell history), and the deployments of prefect.yaml.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks.run import environment
+from tasks.run.environment import SECRET_BLOCK
 from tasks.run.inbox import INBOX_LIMIT
-from tasks.run.runtime import SECRET_BLOCK
 
 WORK_POOL = "videobatch"
 # What `prefect deploy --all` creates from prefect.yaml (flow name/deployment name).
@@ -24,7 +24,6 @@ DEPLOYMENTS = (
     "generate-sharded/generate-sharded",
     "inbox/inbox",
 )
-PROJECT_DIR_ENV = "VIDEOBATCH_PROJECT_DIR"
 
 # The server settings measured to keep up with thousands of task runs (prefect-notes.md).
 SERVER_ENV = {
@@ -87,8 +86,8 @@ async def ensure_prefect_objects(api_key: str | None, *, pool: str = WORK_POOL) 
 
 def deploy_all(project: Path) -> subprocess.CompletedProcess[str]:
     """`prefect --no-prompt deploy --all` from prefect.yaml, pinned to this project folder."""
-    env = {k: v for k, v in os.environ.items() if k != "APIMART_API_KEY"}  # not needed there
-    env[PROJECT_DIR_ENV] = str(project.resolve())
+    env = environment.for_subprocess(drop=[environment.API_KEY])  # not needed there
+    env[environment.PROJECT_DIR] = str(project.resolve())
     return subprocess.run(
         [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
         cwd=project,
@@ -114,9 +113,7 @@ def server_command(host: str, port: int) -> tuple[list[str], dict[str, str]]:
     Listening on every interface (`--host 0.0.0.0`), the UI is told to call the API by this
     machine's name (else browsers elsewhere would call 0.0.0.0); PREFECT_UI_API_URL overrides.
     """
-    env = dict(os.environ)
-    for key, value in SERVER_ENV.items():
-        env.setdefault(key, value)
+    env = environment.for_subprocess(defaults=SERVER_ENV)
     if host in WILDCARD_HOSTS:
         env.setdefault("PREFECT_UI_API_URL", public_api_url(host, port))
     return [

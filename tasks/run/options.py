@@ -1,7 +1,15 @@
 """The options of a run: one pydantic model, so the Prefect UI renders them as a form.
 
-The API key is deliberately not here: flow parameters are stored and shown by Prefect. It comes
-from `APIMART_API_KEY` or the Prefect Secret block `apimart-api-key` (see `tasks.run.runtime`).
+This is their one declaration. The `run` command's flags are generated from these fields
+(name, type, default, help from the description, rules from the constraints: see
+`videobatch.cli`), and so is each field's `VIDEOBATCH_<NAME>` variable (`tasks.run.environment`).
+An option nobody gave is absent from `model_fields_set`, even when a default fills it, so code
+that adapts unset options (the built-in sandbox's polling pace) never overrides a choice.
+
+Secrets are deliberately not here: flow parameters are stored and shown by Prefect. The API key
+comes from `APIMART_API_KEY` or the Prefect Secret block `apimart-api-key`, and the ledger's
+location (a URL that may hold a password) from `VIDEOBATCH_LEDGER_URL` (see
+`tasks.run.environment`).
 """
 
 from __future__ import annotations
@@ -53,3 +61,13 @@ class RunOptions(BaseModel):
     max_video_mb: float = Field(1024, gt=0, description="Largest video accepted, in MiB.")
     download_timeout: float = Field(900, gt=0, description="Deadline of one download, seconds.")
     report: bool = Field(True, description="Write OUT/report.html at the end of the run.")
+    # Read by nothing yet: declared now so the flags and the Prefect form exist when the
+    # shared polling engine lands.
+    max_queries_per_s: float = Field(
+        4.0, gt=0, description="Most status queries per second for the whole run (all tasks)."
+    )
+    poll_lag_target: float = Field(
+        10.0,
+        gt=0,
+        description="Target mean seconds between a task finishing and the run noticing it.",
+    )

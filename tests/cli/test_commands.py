@@ -1,5 +1,6 @@
 """The other commands and the command line's surface: validate, dry runs, status during a run,
-the sandbox server, every option's environment variable, help texts, the sandbox warning."""
+the sandbox server, help texts, the sandbox warning. The options of `run` and their
+environment variables: test_options_cli.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import io
 import os
 import re
 import time
-from typing import Any
 
 import av
 import httpx
@@ -64,6 +64,8 @@ def _assert_reports_invalid_manifest(done: Done) -> None:
 def test_validate_prints_every_problem_and_sends_nothing(
     cli: Cli, make_sandbox: MakeSandbox
 ) -> None:
+    """validate names every broken row by row, column and rule, exits 1 and sends nothing;
+    an unreadable manifest exits 2."""
     sb = make_sandbox()
     done = cli.run("validate", INVALID, sb=sb)
     _assert_reports_invalid_manifest(done)
@@ -78,6 +80,7 @@ def test_validate_prints_every_problem_and_sends_nothing(
 def test_dry_run_prints_every_problem_and_sends_nothing(
     cli: Cli, make_sandbox: MakeSandbox, how: str
 ) -> None:
+    """--dry-run (or VIDEOBATCH_DRY_RUN) reports every broken row and sends and writes nothing."""
     sb = make_sandbox()
     out = cli.cwd / "out"
     if how == "flag":
@@ -90,6 +93,7 @@ def test_dry_run_prints_every_problem_and_sends_nothing(
 
 
 def test_dry_run_of_a_valid_manifest_exits_0(cli: Cli, make_sandbox: MakeSandbox) -> None:
+    """A dry run of a valid manifest exits 0 with its estimate at the concurrency given."""
     sb = make_sandbox()
     done = cli.run("run", DEMO, "--dry-run", "--concurrency", "4", sb=sb)
     assert done.code == 0, done
@@ -125,95 +129,6 @@ def test_status_while_a_run_is_going_and_after(cli: Cli, make_sandbox: MakeSandb
     assert "0 rows with an unknown POST outcome" in after.stdout
 
 
-# --- every `run` option has an environment variable that works -------------------------------
-
-# A value unlike the default for every option of `run`, as text and as parsed.
-ENV_VALUES: dict[str, tuple[str, Any]] = {
-    "out": ("env/out", "env/out"),
-    "assets": ("env/assets", "env/assets"),
-    "concurrency": ("5", 5),
-    "submit_rate": ("7.5", 7.5),
-    "max_cost": ("3.25", 3.25),
-    "dry_run": ("true", True),
-    "resubmit_unknown": ("1", True),
-    "retry_failed": ("yes", True),
-    "poll_initial_delay": ("0.3", 0.3),
-    "poll_interval": ("0.4", 0.4),
-    "poll_timeout": ("99", 99.0),
-    "sandbox": ("on", True),
-    "report": ("false", False),
-}
-
-
-def _run_options_via_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *args: str) -> Any:
-    """Invoke `run` in this process with `console` replaced, and return what it was given."""
-    seen: dict[str, Any] = {}
-
-    def fake_run(options: Any, *, sandbox: bool) -> int:
-        seen.update(options=options, sandbox=sandbox)
-        return 0
-
-    def fake_dry_run(options: Any) -> int:
-        seen.update(options=options, sandbox=None)
-        return 0
-
-    monkeypatch.setattr(console, "run", fake_run)
-    monkeypatch.setattr(console, "dry_run", fake_dry_run)
-    result = CliRunner().invoke(cli_module.app, ["run", "m.csv", *args], env=env)
-    assert result.exit_code == 0, result.output
-    return seen
-
-
-def _run_params() -> list[Any]:
-    import typer.main
-
-    group: Any = typer.main.get_command(cli_module.app)
-    command = group.commands["run"]
-    return [p for p in command.params if p.param_type_name == "option" and p.name != "help"]
-
-
-def test_every_run_option_has_its_environment_variable() -> None:
-    params = {p.name: p for p in _run_params()}
-    assert set(params) == set(ENV_VALUES), "give the new option a row in ENV_VALUES"
-    for name, param in params.items():
-        assert param.envvar == f"VIDEOBATCH_{name.upper()}", name
-
-
-@pytest.mark.parametrize("name", list(ENV_VALUES))
-def test_each_environment_variable_reaches_the_run(
-    monkeypatch: pytest.MonkeyPatch, name: str
-) -> None:
-    for var in list(os.environ):
-        if var.startswith("VIDEOBATCH_"):
-            monkeypatch.delenv(var)
-    text, expected = ENV_VALUES[name]
-    seen = _run_options_via_env(monkeypatch, {f"VIDEOBATCH_{name.upper()}": text})
-    got = seen["sandbox"] if name == "sandbox" else getattr(seen["options"], name)
-    assert got == expected, name
-    # Every other option kept its default.
-    defaults = _run_options_via_env(monkeypatch, {})
-    for other in ENV_VALUES:
-        if other not in (name, "sandbox"):
-            assert getattr(seen["options"], other) == getattr(defaults["options"], other), other
-
-
-def test_a_command_line_option_beats_its_environment_variable(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    env = {"VIDEOBATCH_CONCURRENCY": "5", "VIDEOBATCH_REPORT": "false"}
-    seen = _run_options_via_env(monkeypatch, env, "--concurrency", "2", "--report")
-    assert seen["options"].concurrency == 2 and seen["options"].report is True
-
-
-def test_a_bad_environment_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(console, "run", lambda *a, **k: pytest.fail("must not run"))
-    result = CliRunner().invoke(
-        cli_module.app, ["run", "m.csv"], env={"VIDEOBATCH_CONCURRENCY": "zero"}
-    )
-    assert result.exit_code == 2
-    assert "VIDEOBATCH_CONCURRENCY" in result.output or "concurrency" in result.output
-
-
 # --- help -----------------------------------------------------------------------------------
 
 
@@ -223,19 +138,32 @@ def _commands() -> list[str]:
 
 
 def test_help_lists_every_command() -> None:
+    """The command line has exactly the documented commands."""
     assert sorted(_commands()) == sorted(
         ["run", "validate", "status", "results", "report", "sandbox", "deploy", "server"]
     )
 
 
 @pytest.mark.parametrize("command", ["", *_commands()])
-def test_every_help_ends_with_an_example(cli: Cli, command: str) -> None:
-    done = cli.run(*([command] if command else []), "--help", timeout=30)
-    assert done.code == 0, done
-    paragraphs = [p for p in re.split(r"\n\s*\n", done.stdout) if p.strip()]
+def test_every_help_ends_with_an_example(command: str) -> None:
+    """`videobatch [COMMAND] --help` ends with a paragraph `Example: videobatch COMMAND ...`."""
+    args = [command, "--help"] if command else ["--help"]
+    result = CliRunner().invoke(cli_module.app, args, prog_name="videobatch")
+    assert result.exit_code == 0, result.output
+    paragraphs = [p for p in re.split(r"\n\s*\n", result.output) if p.strip()]
     last = " ".join(line.strip() for line in paragraphs[-1].splitlines())
     assert last.startswith("Example: "), f"help of {command or 'videobatch'} ends with {last!r}"
     assert f"videobatch {command}".strip() in last, last
+
+
+def test_help_of_the_installed_command(cli: Cli) -> None:
+    """`videobatch --help` as a real process (the entry point, not typer's runner) names every
+    command and ends with its example."""
+    done = cli.run("--help", timeout=60)
+    assert done.code == 0, done
+    for command in _commands():
+        assert command in done.stdout, command
+    assert "Example: videobatch run" in " ".join(done.stdout.split()), done
 
 
 # --- the sandbox server ---------------------------------------------------------------------
@@ -243,6 +171,7 @@ def test_every_help_ends_with_an_example(cli: Cli, command: str) -> None:
 
 @pytest.mark.slow
 def test_sandbox_command_serves_real_mp4s(cli: Cli) -> None:
+    """`videobatch sandbox` serves the API: a task completes, its video is an MP4 PyAV decodes."""
     port = free_port()
     server = cli.start("sandbox", "--port", str(port), "--time-scale", "0.001")
     base = f"http://127.0.0.1:{port}"
@@ -301,6 +230,8 @@ def test_sandbox_command_serves_real_mp4s(cli: Cli) -> None:
 
 @pytest.mark.slow
 def test_run_without_key_or_endpoint_uses_the_sandbox_and_says_so(cli: Cli) -> None:
+    """With no key and no endpoint, run uses the built-in sandbox and says so, on stderr first
+    and on stdout."""
     manifest = write_manifest(cli.cwd / "clips.csv", clip_rows(1, "offline"))
     out = cli.cwd / "out"
     done = cli.run("run", manifest, "--out", out, "--no-report", sb=None)
@@ -314,12 +245,14 @@ def test_run_without_key_or_endpoint_uses_the_sandbox_and_says_so(cli: Cli) -> N
 
 
 def test_sandbox_rejects_bad_faults(cli: Cli) -> None:
+    """An unknown sandbox fault stops `videobatch sandbox` with exit 2 naming the fault."""
     done = cli.run("sandbox", "--port", str(free_port()), "--faults", '{"no_such_fault": 1}')
     assert done.code == 2, done
     assert "bad sandbox options" in done.stderr and "no_such_fault" in done.stderr, done
 
 
 def test_built_in_sandbox_keeps_a_chosen_poll_pace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The built-in sandbox speeds up only the polling pace nobody chose, and puts the key back."""
     from tasks.run.options import RunOptions
 
     monkeypatch.delenv("APIMART_API_KEY", raising=False)

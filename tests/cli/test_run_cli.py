@@ -76,6 +76,7 @@ def finished(
 
 
 def test_every_row_completed_exits_0(finished: Finished) -> None:
+    """A run where every row completed exits 0 with videos, results and report, one task per row."""
     done, out = finished.first, finished.out
     assert done.code == 0, done
     assert statuses(out) == {f"done-{i}": "completed" for i in range(4)}
@@ -91,6 +92,7 @@ def test_every_row_completed_exits_0(finished: Finished) -> None:
 
 
 def test_rerun_of_finished_folder_makes_no_api_call(finished: Finished) -> None:
+    """Running a finished folder again makes no API call; results and videos stay as they were."""
     before_table = results_table(finished.out)
     before = counters(finished.sb)
     again = finished.cli.run(
@@ -104,6 +106,7 @@ def test_rerun_of_finished_folder_makes_no_api_call(finished: Finished) -> None:
 
 
 def test_results_command_rebuilds_identical_tables(finished: Finished, tmp_path: Path) -> None:
+    """`videobatch results` rebuilds byte-identical tables from the ledger, from any folder."""
     out = finished.out
     parquet_before = pq.read_table(out / "results.parquet")
     csv_before = (out / "results.csv").read_bytes()
@@ -122,6 +125,7 @@ def test_results_command_rebuilds_identical_tables(finished: Finished, tmp_path:
 
 
 def test_status_after_the_run(finished: Finished) -> None:
+    """`videobatch status` after a run shows the downloads and the money spent."""
     done = finished.cli.run("status", finished.out)
     assert done.code == 0, done
     assert re.search(r"downloaded\s*│\s*4\b", done.stdout), done
@@ -131,6 +135,7 @@ def test_status_after_the_run(finished: Finished) -> None:
 
 
 def test_report_command_writes_the_report(finished: Finished) -> None:
+    """`videobatch report` writes report.html again."""
     report = finished.out / "report.html"
     report.unlink(missing_ok=True)
     done = finished.cli.run("report", finished.out)
@@ -139,6 +144,7 @@ def test_report_command_writes_the_report(finished: Finished) -> None:
 
 
 def test_api_key_is_written_nowhere(finished: Finished) -> None:
+    """The API key is in no output file and in no log the Prefect API received."""
     assert_no_canary_in_files(finished.out)
     texts = prefect_texts(finished.started_at)
     assert any("submitted as task_" in t for t in texts), "the run's logs did not reach Prefect"
@@ -153,6 +159,8 @@ def test_api_key_is_written_nowhere(finished: Finished) -> None:
 def test_some_rows_not_completed_exit_1_and_results_written(
     cli: Cli, make_sandbox: MakeSandbox
 ) -> None:
+    """A run with a failed and an invalid row exits 1 with results written; its options come
+    from VIDEOBATCH_ variables."""
     sb = make_sandbox(faults=Faults(task_fail=FaultRule(rate=1.0, prompt_contains="FAILME")))
     rows = [
         *clip_rows(2, "good"),
@@ -198,6 +206,7 @@ def test_some_rows_not_completed_exit_1_and_results_written(
 def test_unreadable_manifest_exits_2(
     cli: Cli, make_sandbox: MakeSandbox, content: str | None, message: str
 ) -> None:
+    """A manifest that cannot be read exits 2, creates nothing and sends nothing."""
     sb = make_sandbox()
     manifest = cli.cwd / "manifest.csv"
     if content is not None:
@@ -215,6 +224,7 @@ def test_unreadable_manifest_exits_2(
 def test_wrong_key_exits_2_creates_nothing_and_leaks_nothing(
     cli: Cli, make_sandbox: MakeSandbox
 ) -> None:
+    """A wrong key exits 2: no task created, every row not_submitted, the key nowhere."""
     sb = make_sandbox()
     manifest = write_manifest(cli.cwd / "clips.csv", clip_rows(3, "denied"))
     out = cli.cwd / "out"
@@ -238,6 +248,7 @@ def test_wrong_key_exits_2_creates_nothing_and_leaks_nothing(
 
 
 def test_locked_folder_exits_2_and_sends_nothing(cli: Cli, make_sandbox: MakeSandbox) -> None:
+    """A folder locked by another run exits 2 naming its holder, and sends nothing."""
     sb = make_sandbox()
     manifest = write_manifest(cli.cwd / "clips.csv", clip_rows(2, "locked"))
     out = cli.cwd / "out"
@@ -250,6 +261,7 @@ def test_locked_folder_exits_2_and_sends_nothing(cli: Cli, make_sandbox: MakeSan
 
 
 def test_status_and_results_of_an_empty_folder_exit_2(cli: Cli) -> None:
+    """status and results of a folder without a ledger exit 2 saying so."""
     empty = cli.cwd / "nothing-here"
     empty.mkdir()
     for command in ("status", "results"):
