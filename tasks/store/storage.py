@@ -19,12 +19,16 @@ temporary key is deleted whatever happened. A process killed mid-upload leaves a
 unfinished multipart upload (invisible; a bucket lifecycle rule `AbortIncompleteMultipartUpload`
 reclaims it) or a temporary key that `list_temps` shows and `delete` removes; never a partial
 object under a real key. The temporary key is needed because pyarrow's output stream has no
-abort: closing it, also while an exception unwinds, completes the upload.
+abort: closing it, also while an exception unwinds, completes the upload. (Deleting the
+temporary makes pyarrow keep its parent as a zero-byte folder marker, `prefix/`, as the S3
+console does; `list` never shows folders.)
 
 The library: pyarrow's own filesystems (`pyarrow.fs`). pyarrow is already a required dependency
 (results are Arrow tables), so object storage costs zero new dependencies; its
-`open_output_stream` on S3 is a multipart upload fed part by part from the C++ side, so memory
-stays flat whatever the file's size (measured in tests/tasks/test_storage_memory.py); the same
+`open_output_stream` on S3 is a multipart upload fed part by part, so memory stays flat whatever
+the file's size, once pyarrow's background writes are off: with them on it queues every part
+in memory without limit (a 50 MiB upload to the loopback test server grew the peak RSS by
+46 MiB; with them off, by 2 MiB: tests/tasks/test_storage_memory.py). The same
 interface covers S3, GCS and Azure, and pyarrow's Parquet and CSV writers write straight into it.
 fsspec + s3fs or obstore would each add packages for nothing this needs.
 
@@ -182,11 +186,20 @@ def staging_folder(location: str | Path | Output, root: Path) -> Path:
     """A local folder under `root` that is this location's own, the same on every call: where
     videos wait for their upload (and anything else that must be local) for a store URL; for
     a local location, the location itself."""
-    output = open_output(location)
-    if isinstance(output, LocalOutput):
-        return output.root
-    digest = hashlib.sha256(output.location.encode("utf-8")).hexdigest()[:16]
-    label = re.sub(r"[^A-Za-z0-9._-]+", "-", output.location.split("://", 1)[1])[:60]
+    if not isinstance(location, Output) and (
+        not is_url(location) or urlsplit(str(location)).scheme.lower() == "file"
+    ):
+        location = open_output(location)
+    if isinstance(location, LocalOutput):
+        return location.root
+    if isinstance(location, Output):
+        url = location.location
+    else:
+        # From the URL alone: no store is contacted just to name a local folder.
+        parts = urlsplit(str(location))
+        url = f"{parts.scheme.lower()}://{parts.netloc}/{parts.path.strip('/')}".rstrip("/")
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    label = re.sub(r"[^A-Za-z0-9._-]+", "-", url.split("://", 1)[1])[:60]
     return root / f"{label}-{digest}"
 
 
@@ -474,7 +487,10 @@ def _s3_filesystem(bucket: str, credentials: S3Credentials | None) -> pafs.S3Fil
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if not region:
         region = "us-east-1" if endpoint else _bucket_region(bucket)
-    options: dict[str, Any] = {"region": region}
+    # Background writes queue every part in memory and upload them behind the caller's back,
+    # with no limit: a 50 MiB upload to a slower store grew the peak RSS by 46 MiB. Written
+    # in the foreground, a part is sent before the next is filled, so memory stays one part.
+    options: dict[str, Any] = {"region": region, "background_writes": False}
     if endpoint:
         options["endpoint_override"] = endpoint
         if endpoint.lower().startswith("http://"):
