@@ -11,6 +11,7 @@ import os
 import pickle
 import traceback
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from support import s3 as s3kit
@@ -173,3 +174,21 @@ def test_a_manifest_url_is_downloaded_under_its_name(
     with pytest.raises(StorageError, match="limit of 5 bytes"):
         download(f"{s3_out}/in/batch.csv", tmp_path / "small", max_bytes=5)
     assert not (tmp_path / "small" / "batch.csv").exists()
+
+
+def test_an_error_quoting_a_credential_is_scrubbed(
+    s3_out: str, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever quotes a credential while writing (raw or percent-encoded), the error does not."""
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", CANARY)
+    secret = s3_server.secret_key
+
+    def leaky(stream: object) -> None:
+        raise OSError(f"request failed: key={CANARY} secret={secret} sig={quote(secret, safe='')}")
+
+    with pytest.raises(StorageError) as caught:
+        open_output(s3_out).write("leak.txt", leaky)
+    text = "".join(traceback.format_exception(caught.value))
+    assert "request failed" in text and f"{s3_out}/leak.txt" in text
+    assert CANARY not in text and secret not in text and quote(secret, safe="") not in text
+    assert _files(s3_server, s3_out) == {}
