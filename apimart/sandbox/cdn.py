@@ -196,7 +196,9 @@ def _render_task(task: Task, config: SandboxConfig, mismatched: bool = False) ->
             height,
             duration,
             fps=config.fps,
-            text=f"{task.id}\n{task.prompt}",
+            text=f"{task.resolution} {task.duration}s"
+            if config.shared_videos
+            else f"{task.id}\n{task.prompt}",
             image=task.image,
             cache_dir=config.render_cache_dir,
         )

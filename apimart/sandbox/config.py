@@ -145,6 +145,10 @@ class SandboxConfig:
     honour_idempotency_key: bool = False
     faults: Faults = field(default_factory=Faults)
     fps: int = 2
+    # One render per (size, length, reference image) instead of one per task: a 100,000-row
+    # benchmark would otherwise spend hours encoding. Each video still has the requested size
+    # and length (so it passes the client's checks), but no longer names its task.
+    shared_videos: bool = False
     # Where rendered videos are kept across processes; None keeps them in memory only.
     render_cache_dir: str | None = None
     # Base of the CDN URLs handed out; None uses the address the request came in on.

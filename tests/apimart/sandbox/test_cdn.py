@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sandbox_testkit import Api, data_uri, first_frame, png_bytes, probe
 
-from apimart.sandbox import FaultRule
+from apimart.sandbox import FaultRule, RunningSandbox
 
 
 @pytest.mark.parametrize(
@@ -223,3 +223,19 @@ def test_cdn_5xx_fault_answers_503_then_serves(api: Api) -> None:
     url, _ = api.completed_url()
     assert [api.download(url).status_code for _ in range(3)] == [503, 503, 200]
     assert api.sb.state.stats()["faults_fired"] == {"download_5xx": 2}
+
+
+def test_shared_videos_serve_one_render_per_size_with_the_requested_shape(
+    api: Api, sb: RunningSandbox
+) -> None:
+    """With shared_videos, two tasks of one size get the very same bytes, still of that size."""
+    sb.config.shared_videos = True
+    first, _ = api.completed_url(resolution="720p", duration=4, prompt="a lighthouse")
+    second, _ = api.completed_url(resolution="720p", duration=4, prompt="a snail on a leaf")
+    one, two = api.download(first).content, api.download(second).content
+    assert one == two
+    width, height, seconds, _, _ = probe(one)
+    assert (width, height) == (1280, 720) and seconds == pytest.approx(4, abs=0.01)
+    sb.config.shared_videos = False
+    third, _ = api.completed_url(resolution="720p", duration=4, prompt="a lighthouse")
+    assert api.download(third).content != one, "without it each task names itself"
