@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import os
 import resource
@@ -26,14 +25,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-
-def write_manifest(path: Path, rows: int) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "prompt", "duration", "resolution"])
-        for i in range(rows):
-            writer.writerow([f"b{i:05d}", f"benchmark clip {i}", 4, "720p"])
+from common import write_manifest  # noqa: E402
 
 
 async def main() -> None:
