@@ -381,15 +381,19 @@ class PollScheduler:
             await self._queue.put(watch)
 
     async def _turn(self) -> None:
-        """Wait for a slot of the global rate (and out of any pause)."""
+        """Wait for a slot of the global rate (and out of any pause).
+
+        The slot is taken when the worker is awake and about to query, never reserved ahead:
+        a worker woken late cannot then crowd the next one, so queries really start at least
+        1/rate apart. Workers waiting for the same slot wake together and all but one sleep on.
+        """
         while True:
             now = self._now()
-            slot = max(now, self._next_slot, self._paused_until)
-            self._next_slot = slot + 1.0 / self.rate
-            if slot > now:
-                await asyncio.sleep(slot - now)
-            if self._paused_until <= self._now():
+            start = max(self._next_slot, self._paused_until)
+            if start <= now:
+                self._next_slot = now + 1.0 / self.rate
                 return
+            await asyncio.sleep(start - now)
 
     async def _work(self) -> None:
         assert self._queue is not None
