@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from apimart.models import VideoRequest
-from tasks.errors import LedgerLocked
+from tasks.errors import LedgerLocked, RunRefused
 
 # The states and their groupings live in tasks.store.states; they are re-exported here so code that
 # has always imported them from the ledger keeps working.
@@ -242,6 +242,8 @@ class Ledger:
         "lock": "",
     }
     batch: str = ""
+    # Whether a live lease protects a row in `intent` from being taken for a dead run's.
+    _live_leases_guard_intent = False
 
     def __init__(self, folder: str | Path, *, readonly: bool = False) -> None:
         self.folder = Path(folder)
@@ -295,6 +297,10 @@ class Ledger:
         if cached is None:
             cached = self._sql_cache[sql] = sql.format_map(self._SQL_WORDS)
         return cached
+
+    def _lock_batch(self, tx: Tx) -> None:
+        """Serialise read-then-write transactions of this batch (SQLite: BEGIN IMMEDIATE
+        already has)."""
 
     def _create(self) -> None:
         with self._write() as tx:
@@ -467,20 +473,39 @@ class Ledger:
         )
 
     def mark_doubtful_as_unknown(self) -> list[str]:
-        """Rows left in `intent` by a dead process: their POST outcome is unknown."""
-        rows = self._read(
-            "SELECT row_id FROM {rows} WHERE {scope} state = :state ORDER BY idx",
-            {"state": str(State.INTENT)},
-        )
-        ids = [str(r["row_id"]) for r in rows]
-        for row_id in ids:
-            self.update(
-                row_id,
-                "crash-recovered",
-                state=State.UNKNOWN,
-                error_code="submit_outcome_unknown",
-                error_message="the run stopped while this row's POST was under way",
+        """Rows left in `intent` by a dead process: their POST outcome is unknown.
+
+        In a folder's SQLite ledger the folder lock proves every earlier writer dead, so every
+        `intent` row is doubtful. In a shared batch a row in `intent` under a live lease is
+        another run's POST under way, so only rows whose lease ran out (or never had one)
+        are taken. Each row changes only if it is still in `intent` at that moment, so a task
+        id its run records meanwhile is never overwritten."""
+        with self._write() as tx:
+            return self._doubtful_to_unknown_in(
+                tx, "the run stopped while this row's POST was under way", "crash-recovered"
             )
+
+    def _doubtful_to_unknown_in(self, tx: Tx, message: str, event: str) -> list[str]:
+        now = time.time()
+        guard = ""
+        if self._live_leases_guard_intent:
+            guard = " AND (lease_until IS NULL OR lease_until <= :now)"
+        values = {
+            "state": str(State.UNKNOWN),
+            "error_code": "submit_outcome_unknown",
+            "error_message": message,
+            "updated_at": now,
+        }
+        _, rows = tx.run(
+            "UPDATE {rows} SET state = :v_state, error_code = :v_error_code, "
+            "error_message = :v_error_message, updated_at = :v_updated_at "
+            f"WHERE {{scope}} state = :intent{guard} RETURNING row_id, idx",
+            {**{f"v_{k}": v for k, v in values.items()}, "intent": str(State.INTENT), "now": now},
+        )
+        ids = [str(r["row_id"]) for r in sorted(rows, key=lambda r: r["idx"])]
+        detail = {k: v for k, v in values.items() if k != "updated_at"}
+        for row_id in ids:
+            self._event_in(tx, row_id, event, detail, now)
         return ids
 
     # -- money ------------------------------------------------------------------------------
@@ -525,13 +550,59 @@ class Ledger:
                 f"SELECT {cols} FROM {{events}} WHERE {{scope}} row_id = :row_id ORDER BY seq",
                 {"row_id": row_id},
             )
-        yield from rows  # type: ignore[misc]
+        yield from rows
+
+
+def is_ledger_url(target: object) -> bool:
+    """Whether `target` names a database ledger (a URL) rather than an output folder."""
+    return isinstance(target, str) and target.split("://", 1)[0].lower().split("+")[0] in {
+        "postgresql",
+        "postgres",
+    }
+
+
+def connect_ledger(
+    target: str | Path, *, batch: str | None = None, readonly: bool = False
+) -> Ledger:
+    """The ledger `target` names, opened but not locked: a folder's SQLite file, or the batch
+    `batch` of the PostgreSQL ledger at a `postgresql://` URL (see `open_ledger`)."""
+    if is_ledger_url(target):
+        if not batch:
+            raise RunRefused(
+                "a PostgreSQL ledger holds many batches: say which one (batch=..., the output "
+                "location the manifest runs into)"
+            )
+        from tasks.store.ledger_postgres import PostgresLedger
+
+        return PostgresLedger(str(target), batch=batch, readonly=readonly)
+    if batch is not None:
+        raise RunRefused(f"{target} is a folder, whose SQLite ledger is one batch: pass no batch")
+    return Ledger(target, readonly=readonly)
 
 
 @contextmanager
-def open_ledger(folder: str | Path) -> Iterator[Ledger]:
-    """Lock the folder, open its ledger, and recover rows a dead run left mid-POST."""
-    folder = Path(folder)
+def open_ledger(target: str | Path, batch: str | None = None) -> Iterator[Ledger]:
+    """Open a ledger for a run, and recover rows a dead run left mid-POST.
+
+    * A folder (`open_ledger(out)`, as always): lock it (`FolderLock`; a second run on it is
+      refused with `LedgerLocked`), open `out/ledger.sqlite`; every row left in `intent` is
+      now `unknown`.
+    * A PostgreSQL URL and a batch (`open_ledger("postgresql://u@db:5432/vb", batch="s3://b/x")`):
+      no folder lock, since many runs share a batch by claiming rows (`Ledger.claim`); the
+      schema is created or migrated, the batch registered; rows in `intent` whose lease ran
+      out are now `unknown`, rows under another run's live lease are left to it.
+    """
+    if is_ledger_url(target):
+        ledger = connect_ledger(target, batch=batch)
+        try:
+            ledger.mark_doubtful_as_unknown()
+            yield ledger
+        finally:
+            ledger.close()
+        return
+    if batch is not None:
+        raise RunRefused(f"{target} is a folder, whose SQLite ledger is one batch: pass no batch")
+    folder = Path(target)
     with FolderLock(folder):
         ledger = Ledger(folder)
         try:

@@ -1,4 +1,6 @@
-"""The ledger: durable, locked, and strict about the order of the two money writes."""
+"""The ledger: durable, locked, and strict about the order of the two money writes.
+
+Tests taking `site` run on both backends (SQLite in a folder, a batch of PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import LedgerSite
 
 from apimart.models import VideoRequest
 from tasks.store.ledger import (
@@ -17,21 +20,22 @@ from tasks.store.ledger import (
     Ledger,
     LedgerLocked,
     State,
+    connect_ledger,
     open_ledger,
     request_hash,
 )
 
 
-def test_intent_then_task_id_survive_reopen(tmp_path: Path) -> None:
+def test_intent_then_task_id_survive_reopen(site: LedgerSite) -> None:
     """The intent and then the task id recorded for a row are there after the ledger is reopened."""
-    with Ledger(tmp_path) as ledger:
+    with site.ledger() as ledger:
         ledger.ensure("a", 0)
         key = ledger.idempotency_key("a", "hash", 1)
         ledger.record_intent(
             "a", attempt=1, req_hash="hash", key=key, estimated_cost=0.2, run_id="r1"
         )
         ledger.record_submitted("a", task_id="task_1", status="submitted")
-    with Ledger(tmp_path) as ledger:
+    with site.ledger() as ledger:
         record = ledger.get("a")
         assert record is not None
         assert (record.state, record.task_id, record.idempotency_key) == (
@@ -50,14 +54,16 @@ def test_ledger_is_wal_with_full_sync(tmp_path: Path) -> None:
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_idempotency_key_is_stable_per_attempt_and_folder(tmp_path: Path) -> None:
-    """A row's idempotency key is the same on every call, new per attempt, request and folder."""
-    with Ledger(tmp_path / "one") as one, Ledger(tmp_path / "two") as two:
+def test_idempotency_key_is_stable_per_attempt_and_folder(site: LedgerSite) -> None:
+    """A row's idempotency key is the same on every call, new per attempt, request and batch."""
+    with site.ledger("one") as one, site.ledger("two") as two:
         k1 = one.idempotency_key("row", "h", 1)
         assert k1 == one.idempotency_key("row", "h", 1)
         assert k1 != one.idempotency_key("row", "h", 2)
         assert k1 != one.idempotency_key("row", "h2", 1)
-        assert k1 != two.idempotency_key("row", "h", 1)  # another folder, another key
+        assert k1 != two.idempotency_key("row", "h", 1)  # another batch, another key
+    with site.ledger("one") as again:
+        assert again.idempotency_key("row", "h", 1) == k1  # reopened: the same key
         assert 1 <= len(k1) <= 191 and k1.isascii() and k1.isprintable() and " " not in k1
 
 
@@ -69,8 +75,8 @@ def test_request_hash_follows_the_request() -> None:
     assert request_hash(a) == request_hash(b) != request_hash(c)
 
 
-def _die_mid_post(folder: str) -> None:
-    ledger = Ledger(folder)
+def _die_mid_post(target: str, batch: str | None) -> None:
+    ledger = connect_ledger(target, batch=batch)
     ledger.ensure("row", 0)
     ledger.record_intent(
         "row", attempt=1, req_hash="h", key="vb-row-a1-x", estimated_cost=0.1, run_id="r"
@@ -78,13 +84,16 @@ def _die_mid_post(folder: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)  # the POST never got its answer recorded
 
 
-def test_a_crash_between_intent_and_task_id_becomes_unknown(tmp_path: Path) -> None:
+def test_a_crash_between_intent_and_task_id_becomes_unknown(site: LedgerSite) -> None:
     """A process killed between intent and task id leaves the row unknown, its cost at risk."""
-    proc = multiprocessing.get_context("fork").Process(target=_die_mid_post, args=(str(tmp_path),))
+    target, batch = site.target()
+    proc = multiprocessing.get_context("fork").Process(
+        target=_die_mid_post, args=(str(target), batch)
+    )
     proc.start()
     proc.join()
     assert proc.exitcode == -signal.SIGKILL
-    with open_ledger(tmp_path) as ledger:
+    with site.run() as ledger:
         record = ledger.get("row")
         assert record is not None
         assert record.state == State.UNKNOWN
@@ -113,9 +122,9 @@ def test_folder_lock_refuses_a_second_run_and_frees_on_death(tmp_path: Path) -> 
         pass
 
 
-def test_committed_cost_counts_real_costs_and_estimates_at_risk(tmp_path: Path) -> None:
+def test_committed_cost_counts_real_costs_and_estimates_at_risk(site: LedgerSite) -> None:
     """Committed cost is real costs plus estimates of rows in flight; spent is real costs."""
-    with Ledger(tmp_path) as ledger:
+    with site.ledger() as ledger:
         for i, (state, est, cost) in enumerate(
             [
                 (State.DOWNLOADED, 0.2, 0.25),
@@ -133,9 +142,9 @@ def test_committed_cost_counts_real_costs_and_estimates_at_risk(tmp_path: Path) 
         assert ledger.counts()[State.DOWNLOADED] == 1
 
 
-def test_update_refuses_unknown_columns_and_rows(tmp_path: Path) -> None:
+def test_update_refuses_unknown_columns_and_rows(site: LedgerSite) -> None:
     """Updating a column or a row the ledger does not have raises instead of passing."""
-    with Ledger(tmp_path) as ledger:
+    with site.ledger() as ledger:
         ledger.ensure("a", 0)
         with pytest.raises(KeyError):
             ledger.update("a", nonsense=1)
@@ -143,17 +152,17 @@ def test_update_refuses_unknown_columns_and_rows(tmp_path: Path) -> None:
             ledger.update("missing", state=State.PENDING)
 
 
-def test_readonly_ledger_needs_an_existing_folder(tmp_path: Path) -> None:
-    """A read-only ledger of a folder nothing ran in is refused, saying so."""
+def test_readonly_ledger_needs_an_existing_folder(site: LedgerSite) -> None:
+    """A read-only ledger of a folder (or batch) nothing ran in is refused, saying so."""
     with pytest.raises(FileNotFoundError, match="nothing was run"):
-        Ledger(tmp_path / "none", readonly=True)
+        site.ledger("none", readonly=True)
 
 
 def test_a_video_whose_cost_was_never_reported_still_counts_at_its_estimate(
-    tmp_path: Path,
+    site: LedgerSite,
 ) -> None:
     """A downloaded video without a reported cost counts at its estimate; a failed one not."""
-    with Ledger(tmp_path) as ledger:
+    with site.ledger() as ledger:
         ledger.ensure("done", 0)
         ledger.update("done", state=State.DOWNLOADED, estimated_cost=0.3, cost=None)
         ledger.ensure("lost", 1)
@@ -161,9 +170,9 @@ def test_a_video_whose_cost_was_never_reported_still_counts_at_its_estimate(
         assert ledger.committed_cost() == pytest.approx(0.3)
 
 
-def test_an_earlier_unsettled_post_counts_on_top_of_the_row_own_money(tmp_path: Path) -> None:
+def test_an_earlier_unsettled_post_counts_on_top_of_the_row_own_money(site: LedgerSite) -> None:
     """committed_cost adds a row's earlier unsettled POSTs to its real cost or estimate."""
-    with Ledger(tmp_path) as ledger:
+    with site.ledger() as ledger:
         for i, (state, est, cost, earlier) in enumerate(
             [
                 (State.UNKNOWN, 0.1, None, 0.1),  # resent, and the resend is doubtful too
@@ -180,9 +189,9 @@ def test_an_earlier_unsettled_post_counts_on_top_of_the_row_own_money(tmp_path: 
         assert ledger.spent() == pytest.approx(0.12)  # only what the API said it charged
 
 
-def test_a_resend_intent_moves_the_first_estimate_aside_in_one_write(tmp_path: Path) -> None:
+def test_a_resend_intent_moves_the_first_estimate_aside_in_one_write(site: LedgerSite) -> None:
     """record_intent of a resend keeps the first POST's estimate counted beside the new one."""
-    with Ledger(tmp_path) as ledger:
+    with site.ledger() as ledger:
         ledger.ensure("a", 0)
         ledger.record_intent("a", attempt=1, req_hash="h", key="k", estimated_cost=0.1, run_id="1")
         ledger.update("a", state=State.UNKNOWN)
