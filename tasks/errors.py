@@ -30,6 +30,10 @@
     │                               manifest by hand with --resubmit-unknown / --retry-failed
     ├── InboxErrors                 some inbox manifests could not run this tick: they stay in
     │                               the inbox and are tried on the next tick; see the flow log
+    ├── StorageError                the object store (s3://, gs://, az://) refused or failed a
+    │                               read or write (also an OSError); the message names the
+    │                               object and the reason, never a credential: fix the
+    │                               credentials, bucket or network and run again to resume
     ├── ShardPlanError              OUT holds shards (shards.json) made from another manifest
     │                               (also a ValueError): restore that manifest, or use a new OUT
     └── ShardsIncomplete            some shard did not complete: the merged results say which
@@ -129,6 +133,12 @@ class InboxErrors(VideobatchError):
 
 class ShardPlanError(VideobatchError, ValueError):
     """The output folder holds shards that do not belong to this manifest."""
+
+
+class StorageError(VideobatchError, OSError):
+    """The object store refused or failed an operation; the message names the object and the
+    store's reason, with every credential scrubbed. An OSError too, so code that treats a full
+    disk as a failed write treats a failed upload the same way."""
 
 
 class ShardsIncomplete(VideobatchError):

@@ -211,9 +211,11 @@ def write_results(table: pa.Table, out: Path | str | Output) -> tuple[Path | str
     return parquet, csv
 
 
-def read_results(out: Path) -> pa.Table:
-    """The table last written to `OUT/results.parquet` (FileNotFoundError when none)."""
-    return pq.read_table(Path(out) / PARQUET_FILE)
+def read_results(out: str | Path) -> pa.Table:
+    """The table last written to `OUT/results.parquet`, a folder or a URL (FileNotFoundError
+    when none)."""
+    with open_output(str(out)).open_input(PARQUET_FILE) as handle:
+        return pq.read_table(handle)
 
 
 # --- one row ------------------------------------------------------------------------------

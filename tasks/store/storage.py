@@ -76,7 +76,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from apimart.redact import scrub
-from tasks.errors import VideobatchError
+from tasks.errors import StorageError
 from tasks.store.atomic import write_atomically
 
 __all__ = [
@@ -106,12 +106,6 @@ _URL: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _REMOTE_TEMP: Final = re.compile(r"^\..+\.[0-9a-f]{32}\.upload$")
 # What tasks.store.atomic leaves behind for a moment (mkstemp: `.<name>.<random>.tmp`).
 _LOCAL_TEMP: Final = re.compile(r"^\..+\.tmp$")
-
-
-class StorageError(VideobatchError, OSError):
-    """The object store refused or failed an operation; the message names the object and the
-    store's reason, with every credential scrubbed. An OSError too, so code that treats a full
-    disk as a failed write treats a failed upload the same way."""
 
 
 @dataclass(frozen=True)
