@@ -1,14 +1,15 @@
 """`generate-videos`: one manifest in, verified videos and a per-row results table out.
 
-Wiring only. Each row runs submit -> poll -> download as its own chain of task runs, named
-after the row; a semaphore caps the jobs in flight, so a new submission starts the moment a
-slot frees (no waves). A slot is held from submission until the task ends; downloads run
-outside it (under a bound of their own), so slow downloads never hold back generation.
+Wiring only. Rows run submit -> poll -> download in chunk task runs (`tasks.steps.chunk`): one
+per row up to 1,000 rows, consecutive rows grouped beyond, so a run never makes more than
+about 1,000 task runs. A semaphore shared by every chunk caps the jobs in flight, so a new
+submission starts the moment a slot frees (no waves). A slot is held from submission until the
+task ends; downloads run outside it (under a bound of their own), so slow downloads never hold
+back generation.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -26,45 +27,9 @@ from tasks.run.lifecycle import (
     rows_needing_work,
 )
 from tasks.run.options import RunOptions
-from tasks.run.runtime import Runtime, as_task_parameter, run_logger
-from tasks.steps.download import download_task, mark_download_failed
-from tasks.steps.poll import poll_task
-from tasks.steps.submit import submit_task
+from tasks.run.runtime import run_logger
+from tasks.steps.chunk import run_in_chunks
 from tasks.store.manifest import read_manifest
-from tasks.store.states import DOWNLOADABLE, TO_POLL, State
-
-
-async def _one_row(
-    runtime: Runtime,
-    row_id: str,
-    slots: asyncio.Semaphore,
-    download_slots: asyncio.Semaphore,
-) -> str:
-    log = run_logger()
-    quoted = as_task_parameter(runtime)
-    async with slots:
-        runtime.gate.check()
-        state = await submit_task(quoted, row_id)
-        if state in TO_POLL:
-            try:
-                state = await poll_task(quoted, row_id)
-            except RunStopped:
-                raise
-            except Exception as exc:
-                if runtime.gate.stop_reason:
-                    raise
-                # The task id is in the ledger: the next run polls it again.
-                log.error("row %s: polling failed (%s); will resume next run", row_id, exc)
-                return State.TIMEOUT
-    if state in DOWNLOADABLE:
-        try:
-            async with download_slots:
-                state = await download_task(quoted, row_id)
-        except Exception as exc:
-            if runtime.gate.stop_reason:
-                raise
-            state = mark_download_failed(runtime, row_id, str(exc))
-    return state
 
 
 @flow(name="generate-videos", log_prints=False, validate_parameters=True)
@@ -94,18 +59,9 @@ async def generate(
         )
         for bad in runtime.manifest.invalid_rows:
             log.warning("invalid, not sent: %s", bad.message)
-        progress = Progress(len(rows), key=artifact_key(options.out))
+        progress = Progress(len(rows), key=artifact_key(options.out), spent=runtime.ledger.spent)
         await progress.start()
-        slots = asyncio.Semaphore(options.concurrency)
-        # Downloads run outside the generation slots, so they get a bound of their own.
-        download_slots = asyncio.Semaphore(options.concurrency)
-
-        async def run_row(row_id: str) -> str:
-            state = await _one_row(runtime, row_id, slots, download_slots)
-            await progress.row_done(state)
-            return state
-
-        outcomes = await asyncio.gather(*(run_row(r) for r in rows), return_exceptions=True)
+        outcomes = await run_in_chunks(runtime, rows, progress.row_done)
         table = finish_run(runtime, check)
         report = write_report(runtime.out, table) if options.report else None
         markdown = await publish_results(
@@ -116,7 +72,7 @@ async def generate(
         if stopped:
             raise RunStopped(stopped)
         for error in errors:
-            log.error("a row failed unexpectedly: %r", error)
+            log.error("a chunk of rows failed unexpectedly: %r", error)
         return {
             **flow_outcome(options.out, table, markdown),
             "held": [c.message for c in check.held],

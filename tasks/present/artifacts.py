@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -38,10 +38,19 @@ def artifact_key(out: str) -> str:
 
 
 class Progress:
-    """A progress artifact updated as rows finish, at most every `every_s` seconds."""
+    """A progress artifact updated as rows finish, at most every `every_s` seconds: rows by
+    state, and the money spent so far as `spent()` reads it (the ledger's sum of real costs)."""
 
-    def __init__(self, total: int, *, key: str, every_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        total: int,
+        *,
+        key: str,
+        every_s: float = 2.0,
+        spent: Callable[[], float] | None = None,
+    ) -> None:
         self.total, self.key, self.every_s = max(total, 1), key, every_s
+        self.spent = spent
         self.done = 0
         self.states: Counter[str] = Counter()
         self._id: object | None = None
@@ -68,10 +77,17 @@ class Progress:
             await aupdate_progress_artifact(
                 artifact_id=self._id,  # type: ignore[arg-type]
                 progress=100.0 * self.done / self.total,
-                description=", ".join(f"{k}: {v}" for k, v in sorted(self.states.items())),
+                description=self.description(),
             )
         except Exception as exc:
             run_logger().warning("could not update the progress artifact: %s", exc)
+
+    def description(self) -> str:
+        """e.g. "completed: 180, failed: 2; spent 96.40"."""
+        text = ", ".join(f"{k}: {v}" for k, v in sorted(self.states.items()))
+        if self.spent is not None:
+            text += f"; spent {self.spent():.2f}"
+        return text
 
 
 async def publish_results(table: pa.Table, *, key: str, title: str, report: str | None) -> str:

@@ -1,10 +1,10 @@
 """What the steps of one flow run share: client, ledger, manifest, brakes, fresh links.
 
 Every step takes the `Runtime` as its first argument, so what a step depends on is in its
-signature. The Prefect tasks receive it too, wrapped by `as_task_parameter` (Prefect's `quote`):
-Prefect then neither walks into it nor records it, so the task-run records on the server hold
-only the plain values beside it (row ids, a chunk's label), never the client, its key or the
-manifest's inlined images.
+signature. The Prefect task (`tasks.steps.chunk`) receives it too, wrapped by
+`as_task_parameter` (Prefect's `quote`): Prefect then neither walks into it nor records it, so
+the task-run records on the server hold only the plain values beside it (a chunk's label and
+row ids), never the client, its key or the manifest's inlined images.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from apimart import spec
 from apimart.client import AsyncAPIMartClient
@@ -28,6 +27,7 @@ from tasks.store.ledger import Ledger
 from tasks.store.manifest import Manifest, ManifestRow
 
 SECRET_BLOCK = "apimart-api-key"
+T = TypeVar("T")
 _log = logging.getLogger("videobatch")
 
 
@@ -67,14 +67,15 @@ class Runtime:
         return spec.estimate_cost(row.request.resolution, row.request.duration, self.options.prices)
 
 
-def as_task_parameter(runtime: Runtime) -> Runtime:
-    """The runtime as a Prefect task argument: quoted, so Prefect neither traverses it (a walk
-    over every manifest row per task call) nor keeps anything of it in the task-run record.
-    Prefect unwraps the quote before the task body runs; the cast says so to the type checker.
+def as_task_parameter(value: T) -> T:
+    """`value` as a Prefect task argument: quoted, so Prefect neither traverses it (for the
+    runtime, a walk over every manifest row per task call) nor keeps anything of it in the
+    task-run record. Prefect unwraps the quote before the task body runs; the cast says so to
+    the type checker.
     """
     from prefect.utilities.annotations import quote
 
-    return cast(Runtime, quote(runtime))
+    return cast(T, quote(value))
 
 
 def resolve_api_key() -> str | None:
@@ -100,21 +101,6 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return get_run_logger()
     except Exception:
         return _log
-
-
-def retry_when(*kinds: type[BaseException]) -> Callable[[Any, Any, Any], bool]:
-    """A Prefect `retry_condition_fn` that retries only the named exception types."""
-
-    def condition(_task: Any, _run: Any, state: Any) -> bool:
-        # `State.result` dispatches to its coroutine twin when called from async code (every
-        # task here is async): unawaited, it raised nothing and no retry ever happened.
-        try:
-            outcome = state.result(raise_on_failure=False, _sync=True)
-        except Exception:
-            return False
-        return isinstance(outcome, kinds)
-
-    return condition
 
 
 def new_run_id() -> str:

@@ -8,10 +8,11 @@ next run finishes the rename instead of fetching it again. A link that
 expired or is refused is renewed once by querying the task again; a video we still cannot fetch
 is reported loudly as `download_failed` with its task id, so it can be fetched later.
 
-Prefect retries the step only for what a later try can cure: a CDN or API that kept failing
-through the client's own retries. A body that is not the video, a link to a forbidden host,
-a file that does not decode or a disk that is full end the row at once as `download_failed`
-(the next run tries again), instead of downloading the same bad bytes four times.
+The step is tried again (`tasks.steps.chunk`) only for what a later try can cure: a CDN or API
+that kept failing through the client's own retries (`RETRYABLE`). A body that is not the
+video, a link to a forbidden host, a file that does not decode or a disk that is full end the
+row at once as `download_failed` (the next run tries again), instead of downloading the same
+bad bytes four times.
 """
 
 from __future__ import annotations
@@ -19,13 +20,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from apimart.download import DownloadUnavailable
 from apimart.errors import DownloadError, LinkExpiredError
 from apimart.models import Video
-from tasks.run.runtime import Runtime, retry_when, run_logger
+from tasks.run.runtime import Runtime, run_logger
 from tasks.steps.poll import TRANSIENT
 from tasks.store.atomic import replace_durably
 
@@ -73,7 +71,7 @@ async def _fresh_link(runtime: Runtime, row_id: str, task_id: str) -> Video | No
     return video
 
 
-# What Prefect retries the download step for.
+# What the download step is tried again for.
 RETRYABLE = (DownloadUnavailable, *TRANSIENT)
 
 
@@ -190,17 +188,3 @@ def mark_download_failed(runtime: Runtime, row_id: str, why: str) -> str:
         "row %s: PAID VIDEO NOT DOWNLOADED (task %s): %s; rerun to try again", row_id, task_id, why
     )
     return State.DOWNLOAD_FAILED
-
-
-@task(
-    name="download",
-    task_run_name="download-{row_id}",
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_when(*RETRYABLE),
-    cache_policy=NO_CACHE,
-)
-async def download_task(runtime: Runtime, row_id: str) -> str:
-    """Pass `runtime` as `as_task_parameter(runtime)`: it must never be recorded."""
-    return await download_row(runtime, row_id)

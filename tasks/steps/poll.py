@@ -14,9 +14,6 @@ import asyncio
 import time
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from apimart import spec
 from apimart.errors import (
     AuthenticationError,
@@ -175,15 +172,3 @@ async def poll_row(runtime: Runtime, row_id: str) -> str:
         if time.monotonic() + wait > deadline:
             return _timed_out(runtime, row_id, status, polls, problem)
         await asyncio.sleep(wait)
-
-
-# No Prefect retries: the loop itself rides out transient failures within the row's one
-# deadline, and a retry on top would only stack more queries on an API that is struggling.
-@task(
-    name="poll",
-    task_run_name="poll-{row_id}",
-    cache_policy=NO_CACHE,
-)
-async def poll_task(runtime: Runtime, row_id: str) -> str:
-    """Pass `runtime` as `as_task_parameter(runtime)`: it must never be recorded."""
-    return await poll_row(runtime, row_id)

@@ -2,8 +2,8 @@
 
 `submit_row` decides from the ledger whether the row may be sent at all, reserves its estimated
 cost, commits the intent (idempotency key) before the POST and the task id right after it.
-The Prefect task around it has no retries and no cache: a retry re-runs the body and could pay
-twice; resending is the ledger's decision, not Prefect's.
+It is never retried by Prefect (the chunk task around it has no retries and no cache): a retry
+would re-run the body and could pay twice; resending is the ledger's decision, not Prefect's.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ import asyncio
 import time
 from collections.abc import Coroutine
 from typing import Any, assert_never
-
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from apimart.errors import (
     AuthenticationError,
@@ -368,15 +365,3 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
         error_code="rate_limited",
         error_message=f"throttled (429) {MAX_THROTTLED_ROUNDS} times in a row; not sent",
     )
-
-
-@task(
-    name="submit",
-    task_run_name="submit-{row_id}",
-    retries=0,
-    cache_policy=NO_CACHE,
-    log_prints=False,
-)
-async def submit_task(runtime: Runtime, row_id: str) -> str:
-    """Pass `runtime` as `as_task_parameter(runtime)`: it must never be recorded."""
-    return await submit_row(runtime, row_id)

@@ -27,9 +27,10 @@ from tasks.run.gate import MAX_PAUSE_S, RunStopped, SubmitGate
 from tasks.run.lifecycle import open_run
 from tasks.run.options import RunOptions
 from tasks.run.runtime import Runtime
+from tasks.steps.chunk import chunk_task
 from tasks.steps.download import download_row
 from tasks.steps.poll import poll_row
-from tasks.steps.submit import TaskNotRecorded, submit_row, submit_task
+from tasks.steps.submit import TaskNotRecorded, submit_row
 from tasks.store.ledger import State, open_ledger
 
 KEY = "sk-submit-money-canary-5d1e"
@@ -392,13 +393,13 @@ async def test_gate_waits_out_a_short_hint_on_its_clock_and_refuses_a_long_one()
 # --- the guard ------------------------------------------------------------------------------
 
 
-def test_the_submit_task_has_no_prefect_retries_and_no_cache() -> None:
+def test_the_task_around_paid_posts_has_no_prefect_retries_and_no_cache() -> None:
     """A retried or cached submit could pay twice or skip a POST: neither may ever be added."""
     from prefect.cache_policies import NO_CACHE
 
-    assert submit_task.retries == 0
-    assert submit_task.retry_condition_fn is None
-    assert not submit_task.retry_delay_seconds
-    assert submit_task.cache_policy is NO_CACHE
-    assert submit_task.cache_expiration is None
-    assert not submit_task.refresh_cache
+    assert chunk_task.retries == 0
+    assert chunk_task.retry_condition_fn is None
+    assert not chunk_task.retry_delay_seconds
+    assert chunk_task.cache_policy is NO_CACHE
+    assert chunk_task.cache_expiration is None
+    assert not chunk_task.refresh_cache

@@ -1,0 +1,248 @@
+"""Rows in chunks: the one Prefect task of a run, so a run's task runs stay few at any size.
+
+A flow run makes at most `MAX_TASK_RUNS` task runs, whatever the manifest's size: its rows are
+cut into consecutive chunks of `rows_per_chunk(n)` rows, and each chunk is one task run named
+after its rows (`rows 00001-00200`), or after its row when it holds one (every manifest of up
+to `MAX_TASK_RUNS` rows). One code path: a chunk of one row is the small case.
+
+Inside a chunk each row goes submit -> poll -> download as plain async steps, all rows of all
+chunks under the run's shared caps (`Lanes`): a generation slot is held from submission until
+the task ends, downloads run outside it under a bound of their own. Chunks are started in
+order, a few ahead of the rows being fed (`LOOKAHEAD`), so rows start in manifest order and
+only chunks with work under way show as running.
+
+The chunk task has no Prefect retries and no cache: it wraps paid POSTs, and a retry would
+re-run the body. Should the body run again anyway, it redoes nothing the ledger says is done:
+every step asks the ledger first (`send_decision`, a recorded task id, a verified video).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from apimart import retry
+from tasks.errors import RunStopped
+from tasks.run.runtime import Runtime, as_task_parameter, run_logger
+from tasks.steps.download import RETRYABLE, download_row, mark_download_failed
+from tasks.steps.poll import poll_row
+from tasks.steps.submit import submit_row
+from tasks.store.states import DOWNLOADABLE, TO_POLL, State
+
+# At most this many task runs per flow run. Measured here (shared/prefect-notes.md,
+# shared/scale-notes.md): a tuned server records about 100 task runs/s and 5,000 at once
+# without loss, but the UI slows badly past ~5,000 task runs in one flow run, the server's
+# event queues drop past 10,000 messages (2,000 rows x 3 task runs lost ~40 % of them), and
+# the engine keeps every task call in memory until the flow ends. 1,000 stays well inside
+# all of that while still showing one task run per row for every manifest up to 1,000 rows.
+MAX_TASK_RUNS = 1000
+# Chunks started but not yet fed (each of their rows given a slot): enough that creating
+# the next task run never leaves a slot idle, few enough that rows start in manifest order.
+LOOKAHEAD = 4
+# A CDN or API that kept failing through the client's own retries gets this many more tries
+# of the download step, after these waits (jittered down to half), as Prefect's did before.
+DOWNLOAD_RETRY_WAITS_S = (2.0, 10.0, 30.0)
+
+
+def rows_per_chunk(rows: int) -> int:
+    """The fewest rows per chunk that keep the chunks of `rows` rows within MAX_TASK_RUNS."""
+    return max(1, math.ceil(rows / MAX_TASK_RUNS))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Consecutive rows of the run that share one task run; `label` names that task run."""
+
+    label: str
+    row_ids: tuple[str, ...]
+
+
+def plan_chunks(runtime: Runtime, row_ids: Sequence[str]) -> list[Chunk]:
+    """`row_ids` (in manifest order) cut into chunks of `rows_per_chunk` rows."""
+    size = rows_per_chunk(len(row_ids))
+    chunks = []
+    for start in range(0, len(row_ids), size):
+        ids = tuple(row_ids[start : start + size])
+        if len(ids) == 1:
+            label = ids[0]
+        else:
+            first, last = runtime.row(ids[0]).number, runtime.row(ids[-1]).number
+            label = f"rows {first:05d}-{last:05d}"
+        chunks.append(Chunk(label, ids))
+    return chunks
+
+
+@dataclass
+class Lanes:
+    """What the chunks of one run share besides the runtime: its caps, and whom to tell when
+    a row has ended (the progress artifact)."""
+
+    slots: asyncio.Semaphore
+    download_slots: asyncio.Semaphore
+    on_row_done: Callable[[str], Awaitable[None]]
+    unfed: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(LOOKAHEAD))
+
+    @classmethod
+    def for_run(cls, runtime: Runtime, on_row_done: Callable[[str], Awaitable[None]]) -> Lanes:
+        concurrency = runtime.options.concurrency
+        # Downloads run outside the generation slots, so they get a bound of their own.
+        return cls(asyncio.Semaphore(concurrency), asyncio.Semaphore(concurrency), on_row_done)
+
+
+class _Fed:
+    """Gives the run's LOOKAHEAD place back once, when the chunk's rows all have slots or
+    the chunk ended (whichever comes first)."""
+
+    def __init__(self, lanes: Lanes) -> None:
+        self._lanes, self._given = lanes, False
+
+    def __call__(self) -> None:
+        if not self._given:
+            self._given = True
+            self._lanes.unfed.release()
+
+
+async def _download(runtime: Runtime, row_id: str) -> str:
+    waits = iter(DOWNLOAD_RETRY_WAITS_S)
+    while True:
+        try:
+            return await download_row(runtime, row_id)
+        except RETRYABLE as exc:
+            wait = next(waits, None)
+            if wait is None:
+                raise
+            run_logger().warning("row %s: download failed (%s); trying again", row_id, exc)
+            if retry.waits_enabled():
+                await asyncio.sleep(wait * random.uniform(0.5, 1.0))
+
+
+async def run_row(runtime: Runtime, lanes: Lanes, row_id: str) -> str:
+    """One row through its steps. The caller holds a generation slot for it: released here
+    once the row's task has ended (or it was never sent), before the download."""
+    log = run_logger()
+    try:
+        runtime.gate.check()
+        state = await submit_row(runtime, row_id)
+        if state in TO_POLL:
+            try:
+                state = await poll_row(runtime, row_id)
+            except RunStopped:
+                raise
+            except Exception as exc:
+                if runtime.gate.stop_reason:
+                    raise
+                # The task id is in the ledger: the next run polls it again.
+                log.error("row %s: polling failed (%s); will resume next run", row_id, exc)
+                return State.TIMEOUT
+    finally:
+        lanes.slots.release()
+    if state in DOWNLOADABLE:
+        try:
+            async with lanes.download_slots:
+                state = await _download(runtime, row_id)
+        except Exception as exc:
+            if runtime.gate.stop_reason:
+                raise
+            state = mark_download_failed(runtime, row_id, str(exc))
+    return state
+
+
+async def _tracked(runtime: Runtime, lanes: Lanes, row_id: str) -> str:
+    state = await run_row(runtime, lanes, row_id)
+    await lanes.on_row_done(state)
+    return state
+
+
+async def run_chunk(
+    runtime: Runtime, lanes: Lanes, row_ids: Sequence[str], fed: Callable[[], None] = lambda: None
+) -> dict[str, int]:
+    """Every row of the chunk, concurrently under the run's caps; the count of end states.
+
+    Raises RunStopped when the run was stopped (its rows not yet started are left as the
+    ledger has them); any other failure of a row is logged with its id and ends that row only.
+    """
+    log = run_logger()
+    started: dict[str, asyncio.Task[str]] = {}
+    try:
+        for row_id in row_ids:
+            if runtime.gate.stop_reason:
+                break
+            await lanes.slots.acquire()
+            started[row_id] = asyncio.create_task(_tracked(runtime, lanes, row_id))
+        fed()
+        outcomes = await asyncio.gather(*started.values(), return_exceptions=True)
+    except BaseException:
+        for job in started.values():
+            job.cancel()
+        await asyncio.gather(*started.values(), return_exceptions=True)
+        raise
+    states: Counter[str] = Counter()
+    for row_id, outcome in zip(started, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, RunStopped | asyncio.CancelledError):
+                log.error("row %s: failed unexpectedly: %r", row_id, outcome)
+            continue
+        states[outcome] += 1
+    if runtime.gate.stop_reason:
+        raise RunStopped(runtime.gate.stop_reason)
+    return dict(states)
+
+
+@task(
+    name="rows",
+    task_run_name="{label}",
+    retries=0,
+    cache_policy=NO_CACHE,
+    log_prints=False,
+)
+async def chunk_task(
+    runtime: Runtime,
+    lanes: Lanes,
+    label: str,
+    row_ids: tuple[str, ...],
+    fed: Callable[[], None],
+) -> dict[str, int]:
+    """Pass `runtime`, `lanes` and `fed` through `as_task_parameter`: never recorded."""
+    return await run_chunk(runtime, lanes, row_ids, fed)
+
+
+async def run_in_chunks(
+    runtime: Runtime, row_ids: Sequence[str], on_row_done: Callable[[str], Awaitable[None]]
+) -> list[dict[str, int] | BaseException]:
+    """Every row of `row_ids` through its steps, one chunk task run per chunk; each chunk's
+    state counts, or what it raised. Once the run is stopped no further chunk starts."""
+    lanes = Lanes.for_run(runtime, on_row_done)
+    jobs: list[asyncio.Task[dict[str, int]]] = []
+
+    async def launch(chunk: Chunk, fed: _Fed) -> dict[str, int]:
+        try:
+            return await chunk_task(
+                as_task_parameter(runtime),
+                as_task_parameter(lanes),
+                chunk.label,
+                chunk.row_ids,
+                as_task_parameter(fed),
+            )
+        finally:
+            fed()
+
+    try:
+        for chunk in plan_chunks(runtime, row_ids):
+            await lanes.unfed.acquire()
+            if runtime.gate.stop_reason:
+                lanes.unfed.release()
+                break
+            jobs.append(asyncio.create_task(launch(chunk, _Fed(lanes))))
+        return list(await asyncio.gather(*jobs, return_exceptions=True))
+    except BaseException:
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        raise
