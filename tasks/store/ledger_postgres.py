@@ -165,6 +165,8 @@ class PostgresLedger(Ledger):
         "bcol": "batch,",
         "bval": ":batch,",
         "lock": "FOR UPDATE SKIP LOCKED",
+        # One clock for every worker of the batch: the database's.
+        "now": "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)",
     }
     # Many runs share a batch: a row in `intent` is another live run's POST until its lease
     # runs out (see `Ledger.mark_doubtful_as_unknown`).
