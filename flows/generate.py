@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 from prefect import flow
 
 from tasks.present.artifacts import Progress, artifact_key, publish_estimate, publish_results
@@ -20,6 +19,7 @@ from tasks.present.report import write_report
 from tasks.present.summary import flow_outcome
 from tasks.run.gate import RunStopped
 from tasks.run.lifecycle import (
+    Transport,
     estimate_run,
     finish_run,
     ledger_conflicts,
@@ -38,9 +38,7 @@ async def generate_videos(options: RunOptions) -> dict[str, Any]:
     return await generate(options)
 
 
-async def generate(
-    options: RunOptions, *, transport: httpx.AsyncBaseTransport | None = None
-) -> dict[str, Any]:
+async def generate(options: RunOptions, *, transport: Transport | None = None) -> dict[str, Any]:
     """The body of `generate-videos`. `transport` carries the client's requests instead of
     the network (the sandbox app over `httpx.ASGITransport`, for flows run in one process);
     it is not a flow parameter, since flow parameters are stored on the server."""

@@ -18,6 +18,7 @@ import pyarrow as pa
 from apimart.client import AsyncAPIMartClient, check_api_key
 from apimart.errors import AuthenticationError
 from tasks.errors import ManifestConflict, RunRefused
+from tasks.run.environment import resolve_api_key
 from tasks.run.estimate import TASK_MINUTES as TASK_MINUTES
 from tasks.run.estimate import Estimate as Estimate
 from tasks.run.estimate import estimate_run as estimate_run
@@ -27,7 +28,6 @@ from tasks.run.runtime import (
     Runtime,
     install_redaction,
     new_run_id,
-    resolve_api_key,
     run_logger,
 )
 from tasks.steps.submit import send_decision
@@ -59,6 +59,9 @@ __all__ = [
     "rows_needing_work",
 ]
 
+
+# The client's transport, named here so flows can pass one without importing httpx.
+Transport = httpx.AsyncBaseTransport
 
 _RENEWED_FIELDS = (
     "state",

@@ -10,12 +10,11 @@ row ids), never the client, its key or the manifest's inlined images.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 from apimart import spec
 from apimart.client import AsyncAPIMartClient
@@ -26,7 +25,6 @@ from tasks.run.options import RunOptions
 from tasks.store.ledger import Ledger
 from tasks.store.manifest import Manifest, ManifestRow
 
-SECRET_BLOCK = "apimart-api-key"
 T = TypeVar("T")
 _log = logging.getLogger("videobatch")
 
@@ -76,21 +74,6 @@ def as_task_parameter(value: T) -> T:
     from prefect.utilities.annotations import quote
 
     return cast(T, quote(value))
-
-
-def resolve_api_key() -> str | None:
-    """The key from APIMART_API_KEY, else the Prefect Secret block `apimart-api-key`."""
-    key = os.environ.get("APIMART_API_KEY")
-    if key:
-        return key
-    try:
-        from prefect.blocks.system import Secret
-
-        secret: Any = Secret.load(SECRET_BLOCK, _sync=True)  # type: ignore[call-arg]
-        return str(secret.get())
-    except Exception:
-        # No server, no block, or no access: the caller reports a missing key clearly.
-        return None
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:

@@ -186,7 +186,10 @@ async def run_chunk(
     states: Counter[str] = Counter()
     for row_id, outcome in zip(started, outcomes, strict=True):
         if isinstance(outcome, BaseException):
-            if not isinstance(outcome, RunStopped | asyncio.CancelledError):
+            # A stopped run's rows end with what stopped it (a 401, say): the flow reports
+            # that once, so only other failures are worth a line each.
+            stopped = runtime.gate.stop_reason or isinstance(outcome, RunStopped)
+            if not (stopped or isinstance(outcome, asyncio.CancelledError)):
                 log.error("row %s: failed unexpectedly: %r", row_id, outcome)
             continue
         states[outcome] += 1

@@ -124,7 +124,6 @@ ALLOWED = {
     "tasks/run/environment.py",
     "apimart/client.py",
     "tasks/store/storage.py",
-    "tasks/run/runtime.py",
 }
 
 
