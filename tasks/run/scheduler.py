@@ -91,6 +91,9 @@ DEFAULT_PAUSE_S = 5.0
 MAX_PAUSE_S = 120.0
 # After failed queries of one task its wait doubles up to this.
 MAX_FAILED_WAIT_S = 120.0
+# Waits shorter than this are not waited: a sleep of less than the clock's rounding can end
+# at the very time it began, and waiting for it again would spin.
+_EPSILON_S = 1e-6
 
 
 @dataclass(frozen=True)
@@ -369,7 +372,7 @@ class PollScheduler:
                 await self._wake.wait()
                 continue
             delay = heap[0][0] - self._now()
-            if delay > 0:
+            if delay > _EPSILON_S:
                 self._wake.clear()
                 try:
                     async with asyncio.timeout(delay):
@@ -390,7 +393,7 @@ class PollScheduler:
         while True:
             now = self._now()
             start = max(self._next_slot, self._paused_until)
-            if start <= now:
+            if start - now <= _EPSILON_S:
                 self._next_slot = now + 1.0 / self.rate
                 return
             await asyncio.sleep(start - now)

@@ -296,3 +296,26 @@ def test_the_model_learns_completed_tasks_and_not_failed_ones() -> None:
     model = run_virtual(main)
     assert model.observations == 5
     assert 40 <= model.quantile(0.5) <= 44 or model.counts == {21: 5.0}
+
+
+@pytest.mark.timeout(60)
+def test_waits_below_the_clocks_rounding_do_not_spin() -> None:
+    """At a large clock value and a fast cap, tiny rate waits still end (no livelock)."""
+
+    async def main(loop: asyncio.AbstractEventLoop) -> int:
+        api = FakeAPI(loop, latency=0.3)
+        async with PollScheduler(
+            api.query, fixed=FixedSchedule(5.0, 5.0), max_queries_per_s=1e4, wall=api.wall
+        ) as s:
+            watches = [
+                s.track(str(i), submitted_at=api.add(str(i), 60.0 + i), deadline=1e9)
+                for i in range(100)
+            ]
+            await asyncio.gather(*watches)
+        return len(api.starts)
+
+    loop = VirtualTimeLoop(start=13049.224227225)
+    try:
+        assert loop.run_until_complete(main(loop)) >= 100 * 12
+    finally:
+        loop.close()
