@@ -1,0 +1,176 @@
+"""Scale: manifests of 1k, 10k, 100k rows through `videobatch run`, against the floor.
+
+For each size: `videobatch validate` time; one `videobatch run` (a fresh process, as a person
+would start it) reporting to a Prefect server started by `videobatch server`, against a sandbox
+in its own process (time compressed, shared small videos); then `bench/floor.py`'s plain
+asyncio + httpx doing the same calls. Prints wall time, CPU (the run's process plus the
+Prefect server's), peak RSS per process, task runs, and queries per video; asserts nothing.
+
+    uv run python bench/scale.py --rows 1000 10000 --concurrency 200 --poll 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    API_KEY,
+    ROOT,
+    free_port,
+    peak_rss_mb,
+    print_table,
+    process_cpu_seconds,
+    sandbox_process,
+    write_manifest,
+)
+from floor import floor
+
+
+def videobatch(*args: str, env: dict[str, str]) -> tuple[float, float, float, int]:
+    """Run `videobatch ARGS` to the end: (wall s, CPU s, peak RSS MiB, exit code)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "videobatch.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    if proc.returncode not in (0, 1):
+        print(stderr.decode(errors="replace")[-2000:], file=sys.stderr)
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode
+
+
+class PrefectServer:
+    """`videobatch server` on a free port, in its own process group."""
+
+    def __init__(self, home: Path) -> None:
+        self.port = free_port()
+        env = dict(os.environ, PREFECT_HOME=str(home))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "videobatch.cli", "server", "--port", str(self.port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{self.api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the Prefect server did not start")
+            time.sleep(0.5)
+
+    def pids(self) -> list[int]:
+        """The server's processes (the CLI, prefect, uvicorn workers)."""
+        found = subprocess.run(
+            ["pgrep", "-g", str(self.proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        return [int(p) for p in found]
+
+    def cpu_seconds(self) -> float:
+        return sum(process_cpu_seconds(p) for p in self.pids() if Path(f"/proc/{p}").exists())
+
+    def peak_rss_mb(self) -> float:
+        return max(peak_rss_mb(p) for p in self.pids() if Path(f"/proc/{p}").exists())
+
+    def task_runs(self) -> int:
+        return int(httpx.post(f"{self.api}/task_runs/count", json={}, timeout=60).json())
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, 15)
+        self.proc.wait(timeout=60)
+
+
+def queries(stats: dict[str, Any]) -> int:
+    return sum(stats["queries_by_task"].values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--poll", type=float, default=0.5, help="fixed poll interval, s")
+    parser.add_argument("--time-scale", type=float, default=0.01)
+    parser.add_argument("--no-floor", action="store_true")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="vb-scale-"))
+    server = PrefectServer(work / "prefect")
+    rows_out: list[dict[str, Any]] = []
+    try:
+        with sandbox_process(time_scale=args.time_scale) as sandbox:
+            env = dict(
+                os.environ,
+                APIMART_API_KEY=API_KEY,
+                PREFECT_API_URL=server.api,
+                PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="WARNING",
+            )
+            for rows in args.rows:
+                manifest = write_manifest(work / f"m{rows}.csv", rows)
+                validate_s, _, validate_rss, _ = videobatch("validate", str(manifest), env=env)
+                before_stats, before_runs = sandbox.stats(), server.task_runs()
+                before_cpu = server.cpu_seconds()
+                poll = str(args.poll)
+                wall, cpu, rss, code = videobatch(
+                    "run", str(manifest), "--out", str(work / f"out{rows}"),
+                    "--base-url", sandbox.url, "--concurrency", str(args.concurrency),
+                    "--submit-rate", "1000", "--poll-interval", poll,
+                    "--poll-initial-delay", poll, "--no-report", env=env,
+                )  # fmt: skip
+                after = sandbox.stats()
+                made = after["tasks_created"] - before_stats["tasks_created"]
+                row: dict[str, Any] = {
+                    "rows": rows,
+                    "validate s": round(validate_s, 1),
+                    "validate MiB": round(validate_rss),
+                    "run wall s": round(wall, 1),
+                    "exit": code,
+                    "tasks made": made,
+                    "task runs": server.task_runs() - before_runs,
+                    "queries/video": round((queries(after) - queries(before_stats)) / made, 2),
+                    "run CPU s": round(cpu, 1),
+                    "server CPU s": round(server.cpu_seconds() - before_cpu, 1),
+                    "run peak MiB": round(rss),
+                    "server peak MiB": round(server.peak_rss_mb()),
+                }
+                if not args.no_floor:
+                    base = asyncio.run(floor(sandbox.url, rows, args.concurrency, args.poll))
+                    row["floor wall s"] = base["wall_s"]
+                    row["floor CPU s"] = base["client_cpu_s"]
+                    row["wall x floor"] = round(wall / base["wall_s"], 2)
+                    total = cpu + row["server CPU s"]
+                    row["CPU x floor"] = round(total / max(base["client_cpu_s"], 0.01), 1)
+                rows_out.append(row)
+                print(row, flush=True)
+    finally:
+        server.stop()
+    print()
+    print_table(rows_out)
+
+
+if __name__ == "__main__":
+    main()
