@@ -1,0 +1,98 @@
+"""What two xdist workers of one run must not share: a Prefect home, a server's port."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from support.net import CLAIMS, claim, free_port
+
+TESTS = Path(__file__).resolve().parent
+PYTEST = (sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider")
+OWN_PREFIXES = ("PREFECT_", "PYTEST_", "VB_TESTS_")
+
+# Four tests, so both workers run some; each says which worker it ran on and in what home.
+PROBE = """
+import json, os
+import pytest
+
+@pytest.mark.parametrize("n", range(4))
+def test_home(n, tmp_path_factory):
+    seen = {"worker": os.environ["PYTEST_XDIST_WORKER"], "home": os.environ["PREFECT_HOME"]}
+    out = tmp_path_factory.getbasetemp().parent.parent / "seen"
+    out.mkdir(exist_ok=True)
+    (out / f"{n}.json").write_text(json.dumps(seen))
+"""
+
+# Each process asks for many ports at once; a port handed out is kept by its process.
+TAKER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from support.net import free_port
+print(json.dumps([free_port(Path(sys.argv[2])) for _ in range(300)]))
+"""
+
+
+def test_each_xdist_worker_has_a_prefect_home_of_its_own(tmp_path: Path) -> None:
+    """Under `-n 2` the two workers get two different Prefect homes, neither the controller's."""
+    (tmp_path / "suite").mkdir()
+    (tmp_path / "suite" / "conftest.py").write_text((TESTS / "conftest.py").read_text())
+    (tmp_path / "suite" / "test_probe.py").write_text(PROBE)
+    # A run started from scratch: none of this session's Prefect, pytest or xdist settings.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_PREFIXES)}
+    base = tmp_path / "base" / "t"
+    base.parent.mkdir()
+    done = subprocess.run(
+        [*PYTEST, "-n", "2", "--basetemp", str(base), str(tmp_path / "suite")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = [json.loads(p.read_text()) for p in sorted((tmp_path / "base" / "seen").iterdir())]
+    homes = {s["worker"]: s["home"] for s in seen}
+    assert sorted(homes) == ["gw0", "gw1"], seen
+    assert homes["gw0"] != homes["gw1"], f"both workers ran in {homes['gw0']}"
+    assert all(s["home"] == homes[s["worker"]] for s in seen), seen
+    assert all(Path(home).is_dir() for home in homes.values())
+
+
+def test_two_processes_asking_for_ports_at_once_never_get_the_same_one(tmp_path: Path) -> None:
+    """Ports handed to concurrent test processes (and to one process) are all different."""
+    claims = tmp_path / "claims"
+    takers = [
+        subprocess.Popen(
+            [sys.executable, "-c", TAKER, str(TESTS), str(claims)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    ports = [port for taker in takers for port in json.loads(taker.communicate(timeout=60)[0])]
+    assert len(ports) == 600
+    assert len(set(ports)) == len(ports), "a port was handed out twice"
+    assert {p.name for p in claims.iterdir()} == {str(p) for p in ports}
+
+
+def test_a_fresh_claim_keeps_its_port_and_a_stale_one_is_taken_over(tmp_path: Path) -> None:
+    """A port claimed by another process is refused; once its claim is stale it is taken."""
+    port = free_port(tmp_path)
+    assert (tmp_path / str(port)).read_text() == str(os.getpid())
+    assert not claim(port, tmp_path)
+    os.utime(tmp_path / str(port), (0, 0))  # claimed long ago
+    assert claim(port, tmp_path)
+    assert not claim(port, tmp_path)
+
+
+def test_the_session_prefect_api_port_is_claimed(prefect_api: str) -> None:
+    """The session's Prefect API listens on a port claimed for it, out of the other worker's
+    reach."""
+    port = urlsplit(prefect_api).port
+    assert port is not None and (CLAIMS / str(port)).is_file()
