@@ -16,6 +16,9 @@
     │                               command of the kind OUT holds (exit 2)
     ├── LedgerLocked                another live run holds OUT (also a RuntimeError): wait for
     │                               it, or stop it; the lock dies with its process (exit 2)
+    │   └── LeaseLost               (a shared ledger) this run's lease on a row ran out and
+    │                               another run may hold it now: nothing was sent for it; the
+    │                               run that holds the lease finishes the row
     ├── RunStopped                  the run stopped part-way (401, 403, no such route): nothing
     │                               else was sent, results so far are written; fix the key or
     │                               APIMART_BASE_URL and run again to resume (exit 2)
@@ -98,6 +101,10 @@ class LayoutMismatch(VideobatchError):
 
 class LedgerLocked(VideobatchError, RuntimeError):
     """Another live process holds the output folder."""
+
+
+class LeaseLost(LedgerLocked):
+    """The row's lease ran out and may belong to another run now: nothing was sent for it."""
 
 
 class RunStopped(VideobatchError):

@@ -81,6 +81,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from apimart.models import VideoRequest
+from tasks.errors import LeaseLost as LeaseLost
 from tasks.errors import LedgerLocked, RunRefused
 
 # The states and their groupings live in tasks.store.states; they are re-exported here so code that
@@ -179,10 +180,6 @@ CLAIMABLE: frozenset[str] = frozenset(
     }
 )
 STOP_KINDS = frozenset({"auth", "payment"})
-
-
-class LeaseLost(LedgerLocked):
-    """The row's lease ran out and may belong to another run now: nothing was sent for it."""
 
 
 @dataclass(frozen=True)
