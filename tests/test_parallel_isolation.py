@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from support.net import CLAIMS, claim, free_port
+from support.net import CLAIMS, EPHEMERAL_RANGE, claim, free_port
 
 TESTS = Path(__file__).resolve().parent
 PYTEST = (sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider")
@@ -79,6 +79,14 @@ def test_two_processes_asking_for_ports_at_once_never_get_the_same_one(tmp_path:
     assert len(ports) == 600
     assert len(set(ports)) == len(ports), "a port was handed out twice"
     assert {p.name for p in claims.iterdir()} == {str(p) for p in ports}
+
+
+def test_ports_handed_out_lie_outside_the_kernels_ephemeral_range(tmp_path: Path) -> None:
+    """No port handed out is one the kernel may give meanwhile to a `bind` to port 0 (a sandbox
+    in the other worker) or to an outgoing connection."""
+    low, high = (int(n) for n in EPHEMERAL_RANGE.read_text().split())
+    ports = [free_port(tmp_path) for _ in range(50)]
+    assert all(port < low or port > high for port in ports), ports
 
 
 def test_a_fresh_claim_keeps_its_port_and_a_stale_one_is_taken_over(tmp_path: Path) -> None:

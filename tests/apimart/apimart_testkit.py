@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
+from support.net import free_port
 
 from apimart import AsyncAPIMartClient, RetryPolicy, Task
 from apimart.redact import secret_forms
@@ -69,10 +69,9 @@ async def wait_until_done(client: AsyncAPIMartClient, task_id: str, **kwargs: An
 
 
 def closed_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A local port nothing listens on: claimed, so no server of this or the other xdist
+    worker starts on it while a test expects its connections refused."""
+    return free_port()
 
 
 class CountingTransport(httpx.AsyncBaseTransport):
