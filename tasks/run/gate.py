@@ -1,6 +1,8 @@
 """Shared brakes on submitting: a rate limit that 429s slow down, a budget, and stop flags.
 
-All of it lives in one event loop (the flow's), so plain attributes and asyncio locks suffice.
+All of it lives in one event loop (the flow's), so plain attributes and asyncio locks suffice,
+except what several runs of one batch share (a PostgreSQL ledger): there the budget is the
+ledger's atomic reservation (`LedgerBudget`), so K runs together can never pass the cap.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from tasks.errors import RunStopped
+from tasks.store.ledger import Ledger
 
 # The longest Retry-After one run waits for; the client's own retries stop at the same hint.
 MAX_PAUSE_S = 120.0
@@ -139,16 +142,43 @@ class Budget:
     cap: float | None
     committed: float = 0.0
 
-    def reserve(self, estimate: float) -> bool:
+    def reserve(self, estimate: float, row_id: str | None = None) -> bool:
+        """Reserve `estimate` (for `row_id`); False, changing nothing, when it would pass."""
         if self.cap is not None and not (self.committed + estimate <= self.cap + 1e-9):
             return False  # written so that a NaN anywhere refuses rather than admits
         self.committed += estimate
         return True
 
-    def release(self, estimate: float) -> None:
+    def release(self, estimate: float, row_id: str | None = None) -> None:
         self.committed -= estimate
 
     def settle(self, estimate: float, real: float | None) -> None:
         """Replace a reservation by the real cost once the API reports it."""
         if real is not None:
             self.committed += real - estimate
+
+
+@dataclass
+class LedgerBudget(Budget):
+    """The budget of a batch shared by several runs: each reservation is one transaction in
+    the ledger (`Ledger.reserve_budget`), checked against committed cost plus every run's live
+    reservations, so K runs reserving at once never pass the cap. A reservation lives
+    `hold_s` seconds (renewed with the row's lease) and becomes the row's own estimate when
+    its intent is written; `committed` here is only this run's view, the ledger decides."""
+
+    ledger: Ledger | None = None
+    hold_s: float = 600.0
+
+    def reserve(self, estimate: float, row_id: str | None = None) -> bool:
+        assert self.ledger is not None and row_id is not None, "a shared budget needs the row"
+        if not self.ledger.reserve_budget(row_id, estimate, cap=self.cap, hold_s=self.hold_s):
+            return False
+        self.committed += estimate
+        return True
+
+    def release(self, estimate: float, row_id: str | None = None) -> None:
+        # After its intent the reservation is gone already (the estimate is the row's own,
+        # and the row's state says whether it is still at risk): dropping it is then a no-op.
+        self.committed -= estimate
+        if self.ledger is not None and row_id is not None:
+            self.ledger.release_budget(row_id)

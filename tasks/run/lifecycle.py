@@ -4,12 +4,30 @@
 folder, opens the ledger, builds the client and hands back the runtime the steps share.
 `finish_run` rebuilds the results table from the ledger, so it is the same whether the run
 ended well, stopped, or is rebuilt later by `videobatch results`.
+
+Where things live, by the output location (`--out`) and `VIDEOBATCH_LEDGER_URL`:
+
+* A local folder, no ledger URL (the default, unchanged): `OUT/ledger.sqlite` under the folder
+  lock (a second run on the folder is refused), videos and results in the folder.
+* An object store (`s3://bucket/prefix`, `gs://`, `az://`): videos are fetched and verified in
+  the location's local staging folder (`storage.staging_folder(out, staging_root())`, the same
+  folder on every run of this machine), recorded, then uploaded; results.parquet, results.csv
+  and report.html are written to the bucket, and the results table's `video_path` is each
+  video's URL. With no ledger URL the SQLite ledger lives in that staging folder, on this
+  machine only (the run says so in its log): the bucket holds no ledger, and another machine
+  writing to the same location would not see it. A shared ledger needs PostgreSQL.
+* A ledger URL (`postgresql://...`): the run opens one batch of the shared ledger, named by
+  `batch_name(out)` (the normalised output location), instead of a folder's file. No folder
+  lock: several runs share the batch by claiming rows with leases (`tasks.steps.chunk`), the
+  budget is the ledger's atomic reservation and a 401/402 stops every run of the batch. The
+  URL may hold a password: it is read from the environment only, and never reaches a flow
+  parameter, a log line, an error or a results file (`tasks.store.ledger_postgres` redacts it).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -18,11 +36,11 @@ import pyarrow as pa
 from apimart.client import AsyncAPIMartClient, check_api_key
 from apimart.errors import AuthenticationError
 from tasks.errors import ManifestConflict, RunRefused
-from tasks.run.environment import resolve_api_key
+from tasks.run.environment import ledger_url, resolve_api_key
 from tasks.run.estimate import TASK_MINUTES as TASK_MINUTES
 from tasks.run.estimate import Estimate as Estimate
 from tasks.run.estimate import estimate_run as estimate_run
-from tasks.run.gate import Budget, SubmitGate
+from tasks.run.gate import Budget, LedgerBudget, SubmitGate
 from tasks.run.options import RunOptions
 from tasks.run.runtime import (
     Runtime,
@@ -30,7 +48,8 @@ from tasks.run.runtime import (
     new_run_id,
     run_logger,
 )
-from tasks.steps.submit import send_decision
+from tasks.steps.download import remote_output, stored_sizes, video_relpath
+from tasks.steps.submit import send_decision, shares_batch
 
 # The ledger check and the estimate live in Prefect-free modules (the read-only commands use
 # them); they are re-exported here, where the flows have always imported them from.
@@ -40,7 +59,8 @@ from tasks.store.conflicts import holds_money as holds_money
 from tasks.store.layout import LayoutMismatch, require_layout
 from tasks.store.ledger import WITH_TASK, Ledger, RowRecord, State, open_ledger
 from tasks.store.manifest import Manifest, read_manifest
-from tasks.store.results import build_results, write_results
+from tasks.store.results import build_results, with_video_urls, write_results
+from tasks.store.storage import LocalOutput, RemoteOutput, open_output, staging_folder
 
 __all__ = [
     "TASK_MINUTES",
@@ -57,7 +77,12 @@ __all__ = [
     "records_for_results",
     "renewed_record",
     "rows_needing_work",
+    "staging_root",
 ]
+
+# How long a claimed row (and its budget reservation) stays this run's without a renewal. A run
+# renews every LEASE_S / 4 while it works; a run that died frees its rows after at most this.
+LEASE_S = 120.0
 
 
 # The client's transport, named here so flows can pass one without importing httpx.
@@ -100,6 +125,13 @@ def rows_needing_work(runtime: Runtime, check: LedgerCheck | None = None) -> lis
     ledger_rows = runtime.ledger.all()
     check = check or ledger_conflicts(runtime.manifest, ledger_rows)
     held = {c.row_id for c in check.held}
+    remote = remote_output(runtime)
+    # One listing of the store rather than a request per finished row.
+    sizes = (
+        stored_sizes(remote)
+        if remote is not None and any(r.state == State.DOWNLOADED for r in ledger_rows.values())
+        else {}
+    )
     pending: list[str] = []
     for row in runtime.manifest.valid_rows:
         assert row.request is not None
@@ -109,7 +141,12 @@ def rows_needing_work(runtime: Runtime, check: LedgerCheck | None = None) -> lis
         if record is None:
             pending.append(row.id)
         elif record.state == State.DOWNLOADED:
-            if not _video_intact(runtime, row.id, record.video_path, record.video_bytes):
+            if remote is not None:
+                key = record.video_path or video_relpath(row.id)
+                size = sizes.get(key)
+                if size is None or (record.video_bytes is not None and size != record.video_bytes):
+                    pending.append(row.id)
+            elif not _video_intact(runtime, row.id, record.video_path, record.video_bytes):
                 pending.append(row.id)
         elif isinstance(send_decision(record, row.request, runtime.options), tuple):
             pending.append(row.id)  # to be sent
@@ -124,6 +161,52 @@ def _video_intact(runtime: Runtime, row_id: str, rel: str | None, size: int | No
     return path.is_file() and (size is None or path.stat().st_size == size)
 
 
+def staging_root() -> Path:
+    """Where the staging folders of store locations live on this machine (one per location)."""
+    return Path.home() / ".cache" / "videobatch" / "staging"
+
+
+def batch_name(location: str) -> str:
+    """The batch a run into `location` belongs to in a shared ledger: the store URL as
+    normalised by `storage` (`s3://bucket/prefix`), or the absolute path of a local folder."""
+    output = open_output(location)
+    if isinstance(output, LocalOutput):
+        return str(output.root.expanduser().resolve())
+    return output.location
+
+
+def _local_folder(location: str) -> tuple[Path, RemoteOutput | None]:
+    """The folder the run works in, and the store its outputs go to (None: the folder)."""
+    output = open_output(location)
+    if isinstance(output, RemoteOutput):
+        return staging_folder(output, staging_root()), output
+    assert isinstance(output, LocalOutput)
+    return output.root, None
+
+
+@contextmanager
+def _run_ledger(out: Path, remote: RemoteOutput | None, location: str) -> Iterator[Ledger]:
+    url = ledger_url()
+    log = run_logger()
+    if url:
+        batch = batch_name(location)
+        log.info("ledger: batch %s of the shared ledger named by VIDEOBATCH_LEDGER_URL", batch)
+        with open_ledger(url, batch=batch) as ledger:
+            yield ledger
+        return
+    if remote is not None:
+        log.warning(
+            "ledger: %s holds no ledger; this run's ledger is %s on this machine only (a run "
+            "from another machine into %s would not see it: share a PostgreSQL ledger through "
+            "VIDEOBATCH_LEDGER_URL for that)",
+            remote.location,
+            out / "ledger.sqlite",
+            remote.location,
+        )
+    with open_ledger(out) as ledger:
+        yield ledger
+
+
 @asynccontextmanager
 async def open_run(
     options: RunOptions,
@@ -136,9 +219,15 @@ async def open_run(
 
     `transport` carries the client's requests (API and downloads) instead of the network:
     `httpx.ASGITransport` over the sandbox app runs a whole flow in one process.
+
+    The run's `out` is the folder it works in: the output folder, or for a store location
+    its local staging folder (see the module).
     """
     manifest = manifest or read_manifest(options.manifest, assets=options.assets)
-    out = Path(options.out)
+    try:
+        out, remote = _local_folder(options.out)
+    except ValueError as exc:
+        raise RunRefused(str(exc)) from None
     try:
         require_layout(out, "plain")
     except LayoutMismatch as exc:
@@ -156,9 +245,10 @@ async def open_run(
         # Raised before any folder is locked or ledger opened; the message names the rule,
         # never the key.
         raise RunRefused(f"{exc}. Nothing was sent.") from None
-    with open_ledger(out) as ledger:
+    ledger_cm: AbstractContextManager[Ledger] = _run_ledger(out, remote, options.out)
+    with ledger_cm as ledger:
         check = ledger_conflicts(manifest, ledger.all())
-        refusal = check.refusal(out)
+        refusal = check.refusal(options.out if remote is not None else out)
         if refusal:
             raise ManifestConflict(refusal)
         if check.held:
@@ -173,6 +263,16 @@ async def open_run(
             ledger.ensure(row.id, row.index)
         client = AsyncAPIMartClient(base_url=options.base_url, api_key=api_key, transport=transport)
         async with client:
+            budget = (
+                LedgerBudget(
+                    cap=options.max_cost,
+                    committed=ledger.committed_cost(),
+                    ledger=ledger,
+                    hold_s=LEASE_S,
+                )
+                if shares_batch(ledger)
+                else Budget(cap=options.max_cost, committed=ledger.committed_cost())
+            )
             runtime = Runtime(
                 options=options,
                 manifest=manifest,
@@ -180,7 +280,7 @@ async def open_run(
                 client=client,
                 run_id=new_run_id(),
                 gate=SubmitGate(rate=options.submit_rate),
-                budget=Budget(cap=options.max_cost, committed=ledger.committed_cost()),
+                budget=budget,
                 out=out,
             )
             yield runtime
@@ -200,6 +300,18 @@ def finish_run(runtime: Runtime, check: LedgerCheck | None = None) -> pa.Table:
         prices=runtime.options.prices,
         held=check.held_messages,
     )
-    parquet, csv = write_results(table, runtime.out)
-    run_logger().info("results written to %s and %s", parquet, csv)
+    remote = remote_output(runtime)
+    if remote is None:
+        parquet, csv = write_results(table, runtime.out)
+        run_logger().info("results written to %s and %s", parquet, csv)
+        return table
+    if runtime.options.report:
+        # The report links each video by its key beside report.html and takes thumbnails
+        # from the staging folder, so it is written from the table of relative paths.
+        from tasks.present.report import write_report
+
+        run_logger().info("report written to %s", write_report(remote, table, videos=runtime.out))
+    table = with_video_urls(table, remote)
+    urls = write_results(table, remote)
+    run_logger().info("results written to %s and %s", *urls)
     return table

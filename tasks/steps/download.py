@@ -13,6 +13,15 @@ that kept failing through the client's own retries (`RETRYABLE`). A body that is
 video, a link to a forbidden host, a file that does not decode or a disk that is full end the
 row at once as `download_failed` (the next run tries again), instead of downloading the same
 bad bytes four times.
+
+Into an object store (`--out s3://bucket/prefix`): the same steps run in the location's local
+staging folder (`runtime.out`, see `tasks.run.lifecycle`), and after the ledger has recorded
+the verified video it is uploaded with its hash (`Output.put_file(..., sha256=...)`: the
+object appears whole or not at all, and only with the bytes that were verified). An upload
+that fails leaves the row `download_failed`, the verified file kept in staging, and the next
+run uploads that file without fetching the video again. A video counts as there when the
+object's size is the recorded size (the hash was proven as it was sent); a local file is
+never the proof for a store location.
 """
 
 from __future__ import annotations
@@ -23,14 +32,17 @@ from pathlib import Path
 from apimart.download import DownloadUnavailable
 from apimart.errors import DownloadError, LinkExpiredError
 from apimart.models import Video
+from tasks.errors import StorageError
 from tasks.run.runtime import Runtime, run_logger
 from tasks.steps.poll import TRANSIENT
 from tasks.store.atomic import replace_durably
 
 # Re-exported: callers have long imported it from here.
 from tasks.store.hashing import file_sha256 as file_sha256
+from tasks.store.ledger import RowRecord
 from tasks.store.probe import VideoUnreadable, probe_video
 from tasks.store.states import DOWNLOADABLE, State
+from tasks.store.storage import RemoteOutput, is_url, open_output
 
 VIDEOS_DIR = "videos"
 
@@ -44,15 +56,91 @@ def staging_path(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.verifying")
 
 
+def remote_output(runtime: Runtime) -> RemoteOutput | None:
+    """The object store the run's videos go to, or None for a local folder."""
+    if not is_url(runtime.options.out):
+        return None
+    output = open_output(runtime.options.out)
+    return output if isinstance(output, RemoteOutput) else None
+
+
+def stored_sizes(output: RemoteOutput) -> dict[str, int]:
+    """Every finished video object's key and size, in one listing (not one request per row)."""
+    import pyarrow.fs as pafs
+
+    base = f"{output.root}/{VIDEOS_DIR}"
+    try:
+        infos = output.filesystem.get_file_info(
+            pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        )
+    except OSError as exc:
+        raise StorageError(f"listing {output.url(VIDEOS_DIR)}: {exc}") from None
+    start = len(output.root) + 1
+    return {
+        i.path[start:]: int(i.size)
+        for i in infos
+        if i.type == pafs.FileType.File and i.path.endswith(".mp4")
+    }
+
+
+def stored_intact(output: RemoteOutput, record: RowRecord) -> bool:
+    """The row's object is in the store at the size the ledger recorded for its video."""
+    key = record.video_path or video_relpath(record.row_id)
+    size = output.size(key)
+    return size is not None and (record.video_bytes is None or size == record.video_bytes)
+
+
+def _upload(runtime: Runtime, output: RemoteOutput, row_id: str, path: Path, sha256: str) -> str:
+    """Put the verified file in the store; the row stays `downloaded` only if that worked."""
+    key = video_relpath(row_id)
+    try:
+        output.put_file(path, key, sha256=sha256)
+    except (StorageError, OSError) as exc:
+        return mark_download_failed(
+            runtime,
+            row_id,
+            f"verified, but the upload to {output.url(key)} failed ({exc}); the video is kept "
+            f"in {path.parent} and the next run uploads it",
+        )
+    return State.DOWNLOADED
+
+
+def _staged_upload(runtime: Runtime, output: RemoteOutput, record: RowRecord) -> str | None:
+    """A verified video whose upload failed or never happened: upload the kept file, or None
+    when no local file with the recorded hash is left (the video is fetched again)."""
+    if not record.video_sha256:
+        return None
+    path = runtime.out / video_relpath(record.row_id)
+    for candidate in (path, staging_path(path)):
+        if candidate.is_file() and file_sha256(candidate) == record.video_sha256:
+            if candidate != path:
+                replace_durably(candidate, path)
+            if record.state != State.DOWNLOADED:
+                runtime.ledger.update(
+                    record.row_id,
+                    "downloaded",
+                    state=State.DOWNLOADED,
+                    error_code=record.error_code if record.error_code == "video_mismatch" else None,
+                    error_message=(
+                        record.error_message if record.error_code == "video_mismatch" else None
+                    ),
+                )
+            return _upload(runtime, output, record.row_id, path, record.video_sha256)
+    return None
+
+
 def already_verified(runtime: Runtime, row_id: str) -> bool:
     """The row's video is on disk with the hash the ledger recorded: nothing to fetch.
 
     A verified video still under its hidden name (the run died between recording it and the
-    rename) is renamed now.
+    rename) is renamed now. For a store location: the object is there at the recorded size.
     """
     record = runtime.ledger.get(row_id)
     if record is None or record.state != State.DOWNLOADED or not record.video_sha256:
         return False
+    remote = remote_output(runtime)
+    if remote is not None:
+        return stored_intact(remote, record)
     path = runtime.out / (record.video_path or video_relpath(row_id))
     if path.is_file():
         return file_sha256(path) == record.video_sha256
@@ -84,6 +172,11 @@ async def download_row(runtime: Runtime, row_id: str) -> str:
         return State.DOWNLOADED
     if record.state not in DOWNLOADABLE:
         return record.state
+    remote = remote_output(runtime)
+    if remote is not None:
+        uploaded = _staged_upload(runtime, remote, record)
+        if uploaded is not None:
+            return uploaded
     dest = runtime.out / video_relpath(row_id)
     try:
         return await _fetch_and_verify(runtime, row_id, record.task_id, dest)
@@ -170,6 +263,9 @@ def _verify(
     replace_durably(staged, dest)
     if mismatch:
         run_logger().warning("row %s: video differs from the request: %s", row_id, mismatch)
+    remote = remote_output(runtime)
+    if remote is not None:
+        return _upload(runtime, remote, row_id, dest, sha256)
     return State.DOWNLOADED
 
 

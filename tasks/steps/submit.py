@@ -4,6 +4,12 @@
 cost, commits the intent (idempotency key) before the POST and the task id right after it.
 It is never retried by Prefect (the chunk task around it has no retries and no cache): a retry
 would re-run the body and could pay twice; resending is the ledger's decision, not Prefect's.
+
+On a batch shared by several runs (a PostgreSQL ledger), three things are the batch's rather
+than the run's: the intent is written only under this run's live lease on the row (`LeaseLost`
+otherwise: another run may own the row now, and nothing is sent); the budget is reserved in the
+ledger (`tasks.run.gate.LedgerBudget`); and a 401 or 402 sets the batch's stop flag, which every
+run of the batch reads before each POST.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from apimart.models import SubmitResult, VideoRequest
 from tasks.errors import TaskNotRecorded
 from tasks.run.options import RunOptions
 from tasks.run.runtime import Runtime, run_logger
-from tasks.store.ledger import RowRecord, request_hash
+from tasks.store.ledger import LeaseLost, Ledger, RowRecord, request_hash
 from tasks.store.states import DOUBTFUL, State, parse_state
 
 # How often one row is re-queued after 429s that outlasted the client's own retries.
@@ -83,6 +89,38 @@ async def _shielded(post: Coroutine[Any, Any, SubmitResult]) -> SubmitResult:
         if inner.done() and not inner.cancelled():
             inner.exception()  # seen here; the outcome is in the ledger either way
         raise
+
+
+def shares_batch(ledger: Ledger) -> bool:
+    """Whether the ledger is one batch of a shared database (rows are claimed), rather than
+    a folder's own SQLite file (the folder lock makes the run its only writer)."""
+    return bool(ledger.batch)
+
+
+def lease_owner(runtime: Runtime) -> str | None:
+    """Who holds this run's leases on a shared batch (its run id); None on a folder's ledger."""
+    return runtime.run_id if shares_batch(runtime.ledger) else None
+
+
+def obey_batch_stop(runtime: Runtime) -> None:
+    """Take over a stop another run of the batch set (401: stop; 402: no new submissions)."""
+    if not shares_batch(runtime.ledger):
+        return
+    stop = runtime.ledger.stopped()
+    if stop is None:
+        return
+    if stop.kind == "auth":
+        runtime.gate.stop(f"the batch was stopped by another run: {stop.reason}")
+    elif not runtime.gate.payment_exhausted:
+        runtime.gate.payment_exhausted = True
+        run_logger().error(
+            "the batch was stopped by another run (%s): no new submissions", stop.reason
+        )
+
+
+def _stop_batch(runtime: Runtime, kind: str, reason: str) -> None:
+    if shares_batch(runtime.ledger):
+        runtime.ledger.stop_batch(kind, reason)
 
 
 def send_decision(
@@ -174,7 +212,7 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
             error_message=gate.throttled_out,
         )
         return State.PENDING
-    if not budget.reserve(estimate):
+    if not budget.reserve(estimate, row_id):
         if doubtful:
             ledger.update(
                 row_id,
@@ -205,7 +243,7 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
         doubt; then no earlier POST of the row is counted any more either.
         The attempt number is kept, so `--retry-failed` is not undone by a skip.
         """
-        budget.release(estimate)
+        budget.release(estimate, row_id)
         if doubtful and not settles_doubt:
             ledger.update(row_id, event, state=State.UNKNOWN, **as_before, **fields)
             return State.UNKNOWN
@@ -223,6 +261,7 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
     async def post_once() -> str | None:
         """One POST, or none when the gate says so; None asks for another round (429)."""
         await gate.wait_turn()
+        obey_batch_stop(runtime)
         gate.check()
         if gate.unreachable:
             return not_sent(
@@ -250,9 +289,15 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
                 run_id=runtime.run_id,
                 # The first POST's estimate moves aside, still counted, in the same write.
                 earlier_posts_cost=earlier + first_estimate if doubtful else None,
+                owner=lease_owner(runtime),
             )
+        except LeaseLost as exc:
+            budget.release(estimate, row_id)  # nothing left: the intent was never written
+            log.warning("row %s: %s", row_id, exc)
+            current = ledger.get(row_id)
+            return current.state if current else State.PENDING
         except Exception:
-            budget.release(estimate)  # nothing left: the intent was never written
+            budget.release(estimate, row_id)  # nothing left: the intent was never written
             raise
         try:
             result = await _shielded(_post_and_record(runtime, row_id, request, key))
@@ -302,7 +347,9 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
             raise
         except AuthenticationError as exc:
             not_sent(State.PENDING, "not-sent", error_code="authentication", error_message=str(exc))
-            gate.stop(f"authentication failed (401): check the API key ({exc})")
+            reason = f"authentication failed (401): check the API key ({exc})"
+            gate.stop(reason)
+            _stop_batch(runtime, "auth", reason)
             raise
         except EndpointNotFound as exc:
             # Every row would get the same answer, and none of them created anything.
@@ -315,6 +362,7 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
         except PaymentRequiredError as exc:
             gate.answered()
             gate.payment_exhausted = True
+            _stop_batch(runtime, "payment", f"balance exhausted (402): {exc}")
             log.error("balance exhausted (402): no new submissions; in-flight tasks continue")
             return not_sent(
                 State.SKIPPED_PAYMENT,

@@ -43,11 +43,18 @@ First-wins is also stable when rows are appended to a manifest that already ran.
 only in case count as duplicates, since they collide on case-insensitive file systems.
 
 Rows are numbered from 1 in messages ("row 1" is the first data row); `index` is 0-based.
+
+A manifest may also be named by a URL (`s3://bucket/manifests/big.csv`, `gs://`, `az://`): it is
+first copied, whole, to a local folder of its own (`manifest_cache`, one per URL, so a rerun
+replaces the same file) through `tasks.store.storage.download`, keeping its name and so its
+suffix. Local image paths in such a manifest are relative to that copy's folder, where none
+are: its images must be URLs, data URIs, or files under `assets`.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import json
 import math
@@ -55,6 +62,7 @@ import os
 import re
 import socket
 import stat
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -69,7 +77,8 @@ import pyarrow.parquet as pq
 from apimart import netguard, spec
 from apimart.errors import RequestValidationError
 from apimart.models import VideoRequest
-from tasks.errors import ManifestError
+from tasks.errors import ManifestError, StorageError
+from tasks.store import storage
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_BYTES",
@@ -173,6 +182,12 @@ class Manifest:
         return tuple(row for row in self.rows if not row.valid)
 
 
+def manifest_cache(url: str) -> Path:
+    """The local folder a manifest URL is copied into: its own, the same on every read."""
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "videobatch-manifests" / digest
+
+
 def read_manifest(
     path: str | Path,
     *,
@@ -182,8 +197,17 @@ def read_manifest(
     """Read and validate a manifest; raise ManifestError only when it cannot be read at all.
 
     Local image files must lie inside the manifest's folder or inside `assets` (symlinks
-    followed); relative paths are relative to the manifest's folder either way.
+    followed); relative paths are relative to the manifest's folder either way. A URL is
+    copied to `manifest_cache(url)` first and read from there (see the module).
     """
+    if storage.is_url(path) and not str(path).lower().startswith("file:"):
+        url = str(path)
+        try:
+            path = storage.download(url, manifest_cache(url))
+        except FileNotFoundError:
+            raise ManifestError(f"{url}: no such object") from None
+        except (StorageError, ValueError) as exc:
+            raise ManifestError(f"{url}: the manifest cannot be fetched: {exc}") from None
     source = Path(path).expanduser().resolve()
     suffix = source.suffix.lower()
     if suffix not in SUFFIXES:

@@ -35,7 +35,9 @@ Columns, in order (`SCHEMA` holds the fixed ones with their Arrow types):
     total_s                the latest attempt's intent -> the row's last ledger write, for rows
                            that have settled (None while a row is still in flight): the whole
                            wall-clock cost of the row, queueing and download included
-    video_path             relative to the output folder, e.g. `videos/<id>.mp4`
+    video_path             relative to the output folder, e.g. `videos/<id>.mp4`; for an output in
+                           an object store, the video's URL (`s3://bucket/prefix/videos/<id>.mp4`,
+                           `with_video_urls`) on completed rows, empty on the others
     video_bytes, video_sha256, video_width, video_height, video_duration_s
     url_expires_at         when the API's download link expires (UTC); the link is never kept
     run_id                 the run that last sent the row
@@ -209,6 +211,20 @@ def write_results(table: pa.Table, out: Path | str | Output) -> tuple[Path | str
     csv_table = _for_spreadsheets(table)
     csv = output.write(CSV_FILE, lambda f: pacsv.write_csv(csv_table, f))
     return parquet, csv
+
+
+def with_video_urls(table: pa.Table, output: Output) -> pa.Table:
+    """`table` with each completed row's `video_path` replaced by the video's URL in `output`
+    (a store location), and no path on rows whose video is not there (not completed)."""
+    index = table.schema.get_field_index("video_path")
+    statuses = table.column("status").to_pylist()
+    paths = table.column("video_path").to_pylist()
+    urls = [
+        output.url(str(path)) if path and status == Status.COMPLETED else None
+        for path, status in zip(paths, statuses, strict=True)
+    ]
+    field = table.schema.field(index)
+    return table.set_column(index, field, pa.array(urls, type=field.type))
 
 
 def read_results(out: str | Path) -> pa.Table:

@@ -1,0 +1,127 @@
+"""A run whose outputs go to object storage (moto's S3 server on loopback), in process."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from flowkit import (
+    API_KEY,
+    assert_no_canary,
+    fast_options,
+    in_process_flow,
+    in_process_sandbox,
+    write_manifest,
+)
+from support import s3 as s3kit
+
+from tasks.run.lifecycle import staging_root
+from tasks.store.storage import staging_folder
+
+s3_server, s3_out = s3kit.s3_server, s3kit.s3_out
+pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
+
+ROWS = [{"id": f"v{i}", "prompt": f"bucket clip {i}", "duration": 4} for i in range(3)]
+
+
+def _prefix(out: str, server: s3kit.S3Server) -> str:
+    return out.removeprefix(f"s3://{server.bucket}/")
+
+
+def _counts(sandbox: Any) -> tuple[int, int, int]:
+    snap = sandbox.state.counters.snapshot()
+    return (
+        snap["submit_requests"],
+        sum(snap["queries_by_task"].values()),
+        sum(snap["downloads_by_task"].values()),
+    )
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home of this test's own, so staging folders never meet another test's."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("APIMART_API_KEY", API_KEY)
+    return tmp_path / "home"
+
+
+async def test_a_run_to_s3_puts_verified_videos_and_results_in_the_bucket(
+    tmp_path: Path,
+    home: Path,
+    s3_out: str,
+    s3_server: s3kit.S3Server,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Videos (with the hash the results record) and results land in the bucket, the video
+    column holds URLs, the ledger stays in the staging folder, and a rerun calls nothing."""
+    manifest = write_manifest(tmp_path / "m.csv", ROWS)
+    sandbox = in_process_sandbox()
+    options = fast_options(manifest, Path("unused"), sandbox.url).model_copy(
+        update={"out": s3_out, "report": True}
+    )
+    caplog.set_level(logging.INFO)
+    outcome = await in_process_flow(sandbox)(options=options)
+    assert outcome["statuses"] == {"completed": 3}
+
+    prefix = _prefix(s3_out, s3_server)
+    objects = s3_server.objects(prefix)
+    assert {"results.parquet", "results.csv", "report.html"} <= set(objects)
+    assert "ledger.sqlite" not in objects
+    table = pq.read_table(io.BytesIO(s3_server.get(f"{prefix}/results.parquet"))).to_pylist()
+    for row in table:
+        key = f"videos/{row['id']}.mp4"
+        assert row["video_path"] == f"{s3_out}/{key}"
+        body = s3_server.get(f"{prefix}/{key}")
+        assert hashlib.sha256(body).hexdigest() == row["video_sha256"]
+        assert len(body) == row["video_bytes"] == objects[key]
+    staging = staging_folder(s3_out, staging_root())
+    assert (staging / "ledger.sqlite").is_file()
+    assert any("holds no ledger" in r.getMessage() for r in caplog.records)
+    assert_no_canary([s3_server.get(f"{prefix}/{k}") for k in objects], "the bucket")
+    messages = [r.getMessage() for r in caplog.records]
+    assert_no_canary(messages, "the logs")
+    assert not [m for m in messages if s3_server.secret_key in m]
+
+    before = _counts(sandbox)
+    again = await in_process_flow(sandbox)(options=options)
+    assert again["statuses"] == {"completed": 3}
+    assert _counts(sandbox) == before
+
+
+async def test_a_failed_upload_leaves_the_row_download_failed_and_the_next_run_uploads_it(
+    tmp_path: Path,
+    home: Path,
+    s3_out: str,
+    s3_server: s3kit.S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upload refused by the store (a wrong secret) leaves download_failed and no object;
+    the next run uploads the kept, verified file without fetching the video again."""
+    manifest = write_manifest(tmp_path / "m.csv", ROWS[:1])
+    sandbox = in_process_sandbox()
+    options = fast_options(manifest, Path("unused"), sandbox.url).model_copy(update={"out": s3_out})
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-for-this-test")
+    with pytest.raises(Exception):  # noqa: B017 - the results cannot be written either
+        await in_process_flow(sandbox)(options=options)
+    staging = staging_folder(s3_out, staging_root())
+    from tasks.store.ledger import Ledger
+
+    with Ledger(staging, readonly=True) as ledger:
+        record = ledger.get("v0")
+    assert record is not None and record.state == "download_failed"
+    assert "upload" in (record.error_message or "")
+    assert "wrong-secret-for-this-test" not in (record.error_message or "")
+    assert s3_server.objects(_prefix(s3_out, s3_server)) == {}
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    downloads = _counts(sandbox)[2]
+    outcome = await in_process_flow(sandbox)(options=options)
+    assert outcome["statuses"] == {"completed": 1}
+    assert _counts(sandbox)[2] == downloads
+    body = s3_server.get(f"{_prefix(s3_out, s3_server)}/videos/v0.mp4")
+    assert hashlib.sha256(body).hexdigest() == record.video_sha256
