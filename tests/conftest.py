@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 # pytest puts tests/ on the path for this file anyway (tests/ has no __init__.py); saying so
@@ -68,3 +69,52 @@ def prefect_api() -> Iterator[str]:
         prefect_test_harness(server_startup_timeout=120),
     ):
         yield str(PREFECT_API_URL.value())
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    """Under `-p no:xdist` the addopts' `-n 2 --dist loadfile` (pyproject.toml) are accepted
+    and ignored, so one process runs everything instead of the command line being refused."""
+    if not pluginmanager.is_blocked("xdist"):
+        return
+    group = parser.getgroup("xdist", "xdist disabled by -p no:xdist")
+    # `_addoption`, as xdist itself adds `-n`: the public one refuses lowercase short options.
+    group._addoption("-n", "--numprocesses", dest="numprocesses", help="ignored without xdist")
+    group.addoption("--dist", dest="dist", default="no", help="ignored without xdist")
+
+
+# Tests that each start several servers and processes at once (a Prefect server with two
+# workers, a server with Chromium, twenty killed and restarted runs). Two of them side by side
+# on two cores starve each other into timeouts, so under `--dist loadfile` they are one work
+# unit, run one after the other on one worker, and handed out first (the longest unit first,
+# while the other worker takes everything else). An `xdist_group` mark cannot say this:
+# pytest 9.2 ignores the suffix xdist 3.8 writes into test ids (pytest-xdist#1386).
+HEAVY = ("tests/ops/", "tests/browser/", "tests/cli/test_random_kill.py")
+HEAVY_UNIT = "heavy"
+
+
+def work_unit(nodeid: str) -> str:
+    """The work unit of a test under `--dist loadfile`: its file, or HEAVY_UNIT."""
+    path = nodeid.split("::", 1)[0]
+    return HEAVY_UNIT if path.startswith(HEAVY) else path
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of xdist's: absent under `-p no:xdist`
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile` with the HEAVY files as one unit, handed out first."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class HeavyFirstFileScheduling(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if HEAVY_UNIT in self.workqueue:  # until it is handed out: to the first worker
+                self.workqueue.move_to_end(HEAVY_UNIT, last=False)
+            super()._assign_work_unit(node)
+
+    # Files in collection order (after the heavy unit), not by number of tests: the CLI and
+    # flow files have few tests and long ones, and go early that way.
+    config.option.loadscopereorder = False
+    return HeavyFirstFileScheduling(config, log)

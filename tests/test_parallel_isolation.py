@@ -1,4 +1,5 @@
-"""What two xdist workers of one run must not share: a Prefect home, a server's port."""
+"""Two xdist workers of one run: what they must not share (a Prefect home, a server's port),
+how tests are dealt to them, and `-p no:xdist` still running everything in one process."""
 
 from __future__ import annotations
 
@@ -104,3 +105,92 @@ def test_the_session_prefect_api_port_is_claimed(prefect_api: str) -> None:
     reach."""
     port = urlsplit(prefect_api).port
     assert port is not None and (CLAIMS / str(port)).is_file()
+
+
+# Each test of the scheduling probe notes where and when it ran.
+RECORD = """
+import json, os, time
+from pathlib import Path
+
+def record(request):
+    out = Path(os.environ["PROBE_OUT"])
+    seen = {"worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "at": time.time()}
+    seen["test"] = request.node.nodeid
+    (out / f"{time.monotonic_ns()}.json").write_text(json.dumps(seen))
+"""
+PROBE_TEST = """
+import pytest
+from probe_record import record
+
+@pytest.mark.parametrize("n", range({count}))
+def test_it(n, request):
+    record(request)
+"""
+HEAVY = ("tests/ops/", "tests/browser/", "tests/cli/test_random_kill.py")
+# Files as the real suite names them: heavy ones among light ones, in collection order.
+PROBE_FILES = {
+    "apimart/test_light_a.py": 3,
+    "browser/test_ui.py": 1,
+    "cli/test_light_b.py": 2,
+    "cli/test_random_kill.py": 2,
+    "flows/test_light_c.py": 3,
+    "ops/test_workers.py": 1,
+    "tasks/test_light_d.py": 4,
+}
+
+
+def _probe_suite(root: Path) -> Path:
+    """A small suite under `root/tests` with this conftest, files named as PROBE_FILES says."""
+    tests = root / "tests"
+    for name, count in PROBE_FILES.items():
+        (tests / name).parent.mkdir(parents=True, exist_ok=True)
+        (tests / name).write_text(PROBE_TEST.replace("{count}", str(count)))
+    (tests / "conftest.py").write_text((TESTS / "conftest.py").read_text())
+    (tests / "probe_record.py").write_text(RECORD)
+    return tests
+
+
+def _run_probe(root: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], list[dict]]:
+    out = root / "seen"
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_PREFIXES)}
+    done = subprocess.run(
+        [*PYTEST, "--rootdir", str(root), *args, "tests"],
+        cwd=root,
+        env={**env, "PROBE_OUT": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    seen = sorted((json.loads(p.read_text()) for p in out.iterdir()), key=lambda s: s["at"])
+    return done, seen
+
+
+def test_the_heavy_files_run_on_one_worker_first_and_the_rest_on_both(tmp_path: Path) -> None:
+    """Under `-n 2 --dist loadfile` the heavy files (ops, browser, random kill) are one unit,
+    the first one handed out; every other file is a unit and both workers take some."""
+    _probe_suite(tmp_path)
+    done, seen = _run_probe(tmp_path, "-n", "2", "--dist", "loadfile")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(seen) == sum(PROBE_FILES.values())
+    heavy = [s for s in seen if s["test"].startswith(HEAVY)]
+    assert len(heavy) == 4
+    workers = {s["worker"] for s in heavy}
+    assert len(workers) == 1, f"heavy tests ran on {workers}"
+    (worker,) = workers
+    on_heavy_worker = [s["test"] for s in seen if s["worker"] == worker]
+    assert on_heavy_worker[:4] == [s["test"] for s in heavy], on_heavy_worker
+    assert {s["worker"] for s in seen} == {"gw0", "gw1"}
+    for name in PROBE_FILES:
+        if not f"tests/{name}".startswith(HEAVY):
+            assert len({s["worker"] for s in seen if name in s["test"]}) == 1, name
+
+
+def test_p_no_xdist_runs_every_test_in_one_process_despite_the_addopts(tmp_path: Path) -> None:
+    """`-p no:xdist` with the suite's addopts (`-n 2 --dist loadfile`) runs every test here."""
+    _probe_suite(tmp_path)
+    (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -n 2 --dist loadfile\n")
+    done, seen = _run_probe(tmp_path, "-p", "no:xdist")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(seen) == sum(PROBE_FILES.values())
+    assert {s["worker"] for s in seen} == {"main"}
