@@ -5,7 +5,8 @@ per row up to 1,000 rows, consecutive rows grouped beyond, so a run never makes 
 about 1,000 task runs. A semaphore shared by every chunk caps the jobs in flight, so a new
 submission starts the moment a slot frees (no waves). A slot is held from submission until the
 task ends; downloads run outside it (under a bound of their own), so slow downloads never hold
-back generation.
+back generation. Every row's task is polled by the run's one poll scheduler (`open_poller`),
+which learns task durations and keeps what it learned in the ledger.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tasks.run.lifecycle import (
     rows_needing_work,
 )
 from tasks.run.options import RunOptions
+from tasks.run.polling import eta_of, open_poller
 from tasks.run.runtime import run_logger
 from tasks.steps.chunk import run_in_chunks
 from tasks.store.manifest import read_manifest
@@ -57,9 +59,15 @@ async def generate(options: RunOptions, *, transport: Transport | None = None) -
         )
         for bad in runtime.manifest.invalid_rows:
             log.warning("invalid, not sent: %s", bad.message)
-        progress = Progress(len(rows), key=artifact_key(options.out), spent=runtime.ledger.spent)
-        await progress.start()
-        outcomes = await run_in_chunks(runtime, rows, progress.row_done)
+        progress = Progress(
+            len(rows),
+            key=artifact_key(options.out),
+            spent=runtime.ledger.spent,
+            eta=eta_of(runtime),
+        )
+        async with open_poller(runtime):
+            await progress.start()
+            outcomes = await run_in_chunks(runtime, rows, progress.row_done)
         table = finish_run(runtime, check)
         report = write_report(runtime.out, table) if options.report else None
         markdown = await publish_results(

@@ -37,9 +37,22 @@ def artifact_key(out: str) -> str:
     return f"videobatch-{slug or 'out'}"
 
 
+def eta_text(seconds: float) -> str:
+    """A duration as a person reads an ETA: "40 s", "12 min", "3.5 h"."""
+    if seconds < 90:
+        return f"{max(0.0, seconds):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 class Progress:
     """A progress artifact updated as rows finish, at most every `every_s` seconds: rows by
-    state, and the money spent so far as `spent()` reads it (the ledger's sum of real costs)."""
+    state, the money spent so far as `spent()` reads it (the ledger's sum of real costs), and
+    the ETA `eta(unfinished rows)` gives (the duration model's, at the concurrency cap: see
+    `tasks.run.polling.eta_of`), not one extrapolated from recent throughput, which the
+    first wave of a run (every slot submitted at once, nothing finished for minutes) makes
+    meaningless."""
 
     def __init__(
         self,
@@ -48,9 +61,12 @@ class Progress:
         key: str,
         every_s: float = 2.0,
         spent: Callable[[], float] | None = None,
+        eta: Callable[[int], float | None] | None = None,
     ) -> None:
         self.total, self.key, self.every_s = max(total, 1), key, every_s
+        self.rows = total
         self.spent = spent
+        self.eta = eta
         self.done = 0
         self.states: Counter[str] = Counter()
         self._id: object | None = None
@@ -61,7 +77,7 @@ class Progress:
             self._id = await acreate_progress_artifact(
                 progress=0.0,
                 key=f"{self.key}-progress",
-                description=f"rows finished of {self.total}",
+                description=self.description(),
             )
         except Exception as exc:  # the UI is a window, not the record
             run_logger().warning("could not create the progress artifact: %s", exc)
@@ -83,11 +99,23 @@ class Progress:
             run_logger().warning("could not update the progress artifact: %s", exc)
 
     def description(self) -> str:
-        """e.g. "completed: 180, failed: 2; spent 96.40"."""
-        text = ", ".join(f"{k}: {v}" for k, v in sorted(self.states.items()))
+        """e.g. "completed: 180, failed: 2; spent 96.40; ETA 12 min"."""
+        parts = [
+            ", ".join(f"{k}: {v}" for k, v in sorted(self.states.items()))
+            or f"0 of {self.rows} rows finished"
+        ]
         if self.spent is not None:
-            text += f"; spent {self.spent():.2f}"
-        return text
+            parts.append(f"spent {self.spent():.2f}")
+        left = max(0, self.rows - self.done)
+        seconds = None
+        if self.eta is not None and left:
+            try:
+                seconds = self.eta(left)
+            except Exception as exc:  # a window: an estimate that fails is left out
+                run_logger().debug("no ETA: %s", exc)
+        if seconds is not None:
+            parts.append(f"ETA {eta_text(seconds)}")
+        return "; ".join(parts)
 
 
 async def publish_results(table: pa.Table, *, key: str, title: str, report: str | None) -> str:

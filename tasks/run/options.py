@@ -14,7 +14,9 @@ location (a URL that may hold a password) from `VIDEOBATCH_LEDGER_URL` (see
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
+
+from tasks.run.duration import MAX_DURATION_S
 
 
 class RunOptions(BaseModel):
@@ -45,10 +47,18 @@ class RunOptions(BaseModel):
     retry_failed: bool = Field(
         False, description="Submit rows whose task failed or was cancelled as a new attempt."
     )
-    poll_initial_delay: float = Field(
-        8.0, ge=0, description="Seconds to wait after submitting before the first query."
+    poll_initial_delay: float | None = Field(
+        None,
+        ge=0,
+        description="Seconds from submitting to the first query; pins a fixed schedule "
+        "(default: adaptive).",
     )
-    poll_interval: float = Field(8.0, gt=0, description="Seconds between queries of one task.")
+    poll_interval: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds between queries of one task; pins a fixed schedule "
+        "(default: adaptive, learned from this folder's tasks).",
+    )
     poll_timeout: float = Field(
         1800.0, gt=0, description="Seconds to keep polling a task in this run before `timeout`."
     )
@@ -61,13 +71,34 @@ class RunOptions(BaseModel):
     max_video_mb: float = Field(1024, gt=0, description="Largest video accepted, in MiB.")
     download_timeout: float = Field(900, gt=0, description="Deadline of one download, seconds.")
     report: bool = Field(True, description="Write OUT/report.html at the end of the run.")
-    # Read by nothing yet: declared now so the flags and the Prefect form exist when the
-    # shared polling engine lands.
     max_queries_per_s: float = Field(
         4.0, gt=0, description="Most status queries per second for the whole run (all tasks)."
     )
     poll_lag_target: float = Field(
         10.0,
         gt=0,
-        description="Target mean seconds between a task finishing and the run noticing it.",
+        description="Target mean seconds between a task finishing and the run noticing it "
+        "(adaptive polling).",
     )
+    poll_duration_low: float = Field(
+        180.0,
+        gt=0,
+        le=MAX_DURATION_S,
+        description="Shortest task duration expected before any has finished, seconds "
+        "(adaptive polling's prior).",
+    )
+    poll_duration_high: float = Field(
+        300.0,
+        gt=0,
+        le=MAX_DURATION_S,
+        description="Longest task duration expected before any has finished, seconds "
+        "(above --poll-duration-low).",
+    )
+
+    @field_validator("poll_duration_high")
+    @classmethod
+    def _high_above_low(cls, high: float, info: ValidationInfo) -> float:
+        low = info.data.get("poll_duration_low")
+        if low is not None and not high > low:
+            raise ValueError(f"must be above poll_duration_low ({low:g} s), got {high:g} s")
+        return high

@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from apimart import spec
 from apimart.client import AsyncAPIMartClient
@@ -24,6 +24,9 @@ from tasks.run.gate import Budget, SubmitGate
 from tasks.run.options import RunOptions
 from tasks.store.ledger import Ledger
 from tasks.store.manifest import Manifest, ManifestRow
+
+if TYPE_CHECKING:
+    from tasks.run.scheduler import PollScheduler
 
 T = TypeVar("T")
 _log = logging.getLogger("videobatch")
@@ -44,6 +47,10 @@ class Runtime:
     # Per row, the monotonic time this run stops polling it: set by its first poll, kept by
     # every later entry (a retry of the step included), so no retry restarts the clock.
     poll_deadlines: dict[str, float] = field(default_factory=dict)
+    # The run's one poll scheduler (`tasks.run.polling.open_poller` sets it while the rows
+    # run), and which row each watched task belongs to, so its log lines can name the row.
+    poller: PollScheduler | None = None
+    polling_rows: dict[str, str] = field(default_factory=dict)
 
     def row(self, row_id: str) -> ManifestRow:
         return self._rows[row_id]

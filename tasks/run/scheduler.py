@@ -16,15 +16,20 @@ The deadline (monotonic, on the loop's clock, which is `time.monotonic()` in any
 asyncio loop) bounds each watch: every task is queried at least once; an adaptive watch gets
 a last query at its deadline when the plan would pass it; a fixed one ends when the next wait
 would pass it (as the poll loop always did). Then the watch raises `PollTimeout`. The rate cap
-may hold a due query back, so a watch can end a little after its deadline, never before.
+may hold a due query back, so a watch can end a little after its deadline, never before; a
+watch already asked about that is held past its deadline by a pause (after a 429 or 503)
+ends at the deadline instead.
 
 What a query raises:
 * a transient error (`TRANSIENT`: transport, 5xx, 429, no answer in time) is a missed poll:
   the task stays on its schedule, and a task whose queries keep failing waits twice as long
   after each failure (up to 120 s), so an API that is down is not hammered;
-* a 429 or a 503 also slows everyone: the rate halves (never below `MIN_RATE`), every worker
-  pauses for Retry-After (a 429's hint, else 5 s; at most 120 s), and each answered query
-  gives back a tenth of the configured rate (additive increase, multiplicative decrease);
+* a 429 or a 503 also slows everyone: the rate halves (never below `MIN_RATE`, once per
+  pause however many answers say so), every query waits out a pause of Retry-After
+  (a 429's hint, else 5 s; at most 120 s), and each answered query gives back a tenth of
+  the configured rate (additive increase, multiplicative decrease). A watch whose deadline
+  falls inside a pause ends there, or, never asked about yet, gets its one query of the run
+  then (under the rate only);
 * anything else (401/403, 404, an answer we cannot parse, a bug) fails that watch alone with
   the error: the caller decides whether it stops the run (`fail_all` ends every watch).
 
@@ -314,6 +319,12 @@ class PollScheduler:
         """`track` and wait: the terminal Task, or PollTimeout / the query's own error."""
         return await self.track(task_id, submitted_at=submitted_at, deadline=deadline)
 
+    def forget(self, watch: Watch) -> None:
+        """Stop watching (its caller went away, cancelled): no further query, not in flight."""
+        self._active.discard(watch)
+        if not watch.future.done():
+            watch.future.cancel()
+
     def fail_all(self, error: BaseException) -> None:
         """End every pending watch with `error` (a stopped run)."""
         for watch in list(self._active):
@@ -383,8 +394,11 @@ class PollScheduler:
             _, _, watch = heapq.heappop(heap)
             await self._queue.put(watch)
 
-    async def _turn(self) -> None:
-        """Wait for a slot of the global rate (and out of any pause).
+    async def _turn(self, watch: Watch) -> bool:
+        """Wait for a slot of the global rate and out of any pause; False when a pause
+        outlasts the deadline of a watch asked about already (the pause must neither hold
+        the row past its deadline nor be broken for one more query of it). A watch never
+        asked about gets its one query of the run at its deadline, under the rate only.
 
         The slot is taken when the worker is awake and about to query, never reserved ahead:
         a worker woken late cannot then crowd the next one, so queries really start at least
@@ -392,11 +406,19 @@ class PollScheduler:
         """
         while True:
             now = self._now()
+            paused = self._paused_until - now > _EPSILON_S
             start = max(self._next_slot, self._paused_until)
+            if paused and now >= watch.deadline:
+                if watch.sent:
+                    return False
+                start = self._next_slot
             if start - now <= _EPSILON_S:
                 self._next_slot = now + 1.0 / self.rate
-                return
-            await asyncio.sleep(start - now)
+                return True
+            wake = start
+            if paused and now < watch.deadline:
+                wake = min(start, max(watch.deadline, now + _EPSILON_S))
+            await asyncio.sleep(wake - now)
 
     async def _work(self) -> None:
         assert self._queue is not None
@@ -404,7 +426,10 @@ class PollScheduler:
             watch = await self._queue.get()
             if watch.done():
                 continue
-            await self._turn()
+            if not await self._turn(watch):
+                if not watch.done():
+                    self._time_out(watch)
+                continue
             if watch.done():
                 continue
             try:
@@ -464,11 +489,16 @@ class PollScheduler:
             self._fail(watch, exc)
 
     def _throttle(self, exc: BaseException) -> None:
+        now = self._now()
         self.stats.throttled += 1
-        self.rate = max(MIN_RATE, self.rate / 2)
+        # One slow-down per pause: the queries in flight when the API pushed back (and first
+        # queries during the pause) answer the same 429/503, and halving for each of them
+        # would drop the rate to its floor on one event.
+        if self._paused_until <= now:
+            self.rate = max(MIN_RATE, self.rate / 2)
         hint = exc.retry_after if isinstance(exc, RateLimitError) else None
         pause = min(MAX_PAUSE_S, DEFAULT_PAUSE_S if hint is None else hint)
-        self._paused_until = max(self._paused_until, self._now() + pause)
+        self._paused_until = max(self._paused_until, now + pause)
 
     # -- endings ----------------------------------------------------------------------------
     def _finish(self, watch: Watch, task: Task) -> None:

@@ -1,33 +1,33 @@
-"""Waiting for one task: an async loop inside the task, bounded by one deadline per row.
+"""Waiting for one task: a watch on the run's one poll scheduler, bounded by one deadline.
 
-Polling by task retries would cost the Prefect server far more than this loop (see
-shared/prefect-notes.md). The loop also rides out a network or server that failed the
-client's own retries: such a query is a missed poll, followed by a longer wait, and only the
-row's deadline ends it. That deadline is set once per row per run (monotonic, in the Runtime)
-and bounds every wait and every query, the client's own retries included, so a resumed,
-retried or throttled row can never poll past `poll_timeout`.
+A row does not sleep in a loop of its own: `poll_row` puts its task on the run's
+`PollScheduler` (`runtime.poller`, opened around the rows by `tasks.run.polling.open_poller`),
+which queries every task in flight from one heap under one global rate cap, when the duration
+model (or a pinned `--poll-interval`) says. Polling by task retries would cost the Prefect
+server far more (see shared/prefect-notes.md). A query that failed in a way a later one could
+cure (`TRANSIENT`) is a missed poll, followed by a longer wait, and only the row's deadline
+ends it. That deadline is set once per row per run (monotonic, in the Runtime) and bounds
+every wait and every query, the client's own retries included, so a resumed, retried or
+throttled row can never poll past `poll_timeout`. A step called with no run poller (a test, a
+script) watches through a private one of its own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 from apimart import spec
-from apimart.errors import (
-    AuthenticationError,
-    ProtocolError,
-    RateLimitError,
-    ServerError,
-    TransportError,
-)
+from apimart.errors import AuthenticationError
 from apimart.models import Task
+from tasks.run.polling import TRANSIENT_ERRORS, private_poller
 from tasks.run.runtime import Runtime, run_logger
+from tasks.run.scheduler import PollScheduler, PollTimeout
 from tasks.store.states import TO_POLL, State
 
-# What a later try could cure; everything else fails the task at once.
-TRANSIENT = (TransportError, ServerError, ProtocolError, RateLimitError)
+# What a later try could cure; everything else fails the task at once (the download step
+# uses it too).
+TRANSIENT = TRANSIENT_ERRORS
 
 
 def record_terminal(runtime: Runtime, row_id: str, task: Task, polls: int) -> str:
@@ -74,29 +74,6 @@ def record_terminal(runtime: Runtime, row_id: str, task: Task, polls: int) -> st
     return state
 
 
-# The first query of a row gets at least this long, even when the initial delay used up
-# the whole deadline: every row is asked about at least once per run.
-MIN_QUERY_S = 2.0
-# After failed polls the wait doubles from poll_interval up to this, so an API that is down
-# is not hammered by every row at once.
-MAX_FAILED_POLL_WAIT_S = 120.0
-
-
-def first_poll_delay(submitted_at: float | None, initial_delay: float, now: float) -> float:
-    """What is left of the initial delay, by the wall clock that recorded the submission.
-
-    A `submitted_at` in our future (written by a worker whose clock runs ahead of ours)
-    counts as just submitted: the wait is never longer than `initial_delay`.
-    """
-    if submitted_at is None:
-        return initial_delay
-    return min(initial_delay, max(0.0, initial_delay - (now - submitted_at)))
-
-
-def _failed_poll_wait(interval: float, failures: int) -> float:
-    return min(interval * 2 ** (failures - 1), max(interval, MAX_FAILED_POLL_WAIT_S))
-
-
 def _timed_out(
     runtime: Runtime, row_id: str, status: str | None, polls: int, problem: str | None
 ) -> str:
@@ -121,54 +98,52 @@ def _timed_out(
 
 
 async def poll_row(runtime: Runtime, row_id: str) -> str:
-    """Query the row's task until it ends or this run's polling deadline for it passes."""
-    options, ledger, log = runtime.options, runtime.ledger, run_logger()
-    record = ledger.get(row_id)
+    """Watch the row's task on the run's poller until it ends or this run's polling deadline
+    for it passes; write what polling found into the ledger."""
+    record = runtime.ledger.get(row_id)
     if record is None or record.task_id is None or record.state not in TO_POLL:
         return record.state if record else State.PENDING
     task_id = record.task_id
     polls = record.polls or 0
-    status = record.api_status
     deadline, first_entry = runtime.start_polling(row_id)
-    if first_entry:
-        delay = first_poll_delay(record.submitted_at, options.poll_initial_delay, time.time())
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-    elif time.monotonic() >= deadline:
-        return _timed_out(runtime, row_id, status, polls, None)
-    warned: set[str] = set()
-    failures = 0
-    problem: str | None = None
-    while True:
-        runtime.gate.check()
-        try:
-            # Bounds the client's own retries (and their waits) by what is left.
-            async with asyncio.timeout(max(deadline - time.monotonic(), MIN_QUERY_S)):
-                task = await runtime.client.get_task(task_id)
-        except AuthenticationError:
-            runtime.gate.stop("authentication failed (401): check the API key")
-            raise
-        except (TimeoutError, *TRANSIENT) as exc:
-            failures += 1
-            problem = str(exc) or "no answer before the polling deadline"
-            wait = _failed_poll_wait(options.poll_interval, failures)
-            log.warning(
-                "row %s: query of task %s failed (%s); polling on until the deadline",
-                row_id,
-                task_id,
-                problem,
-            )
+    if not first_entry and time.monotonic() >= deadline:
+        # An earlier entry in this run used the deadline up: no further query.
+        return _timed_out(runtime, row_id, record.api_status, polls, None)
+    if runtime.poller is None:
+        async with private_poller(runtime) as poller:
+            return await _watch(runtime, poller, row_id, task_id, polls, deadline)
+    return await _watch(runtime, runtime.poller, row_id, task_id, polls, deadline)
+
+
+async def _watch(
+    runtime: Runtime,
+    poller: PollScheduler,
+    row_id: str,
+    task_id: str,
+    polls: int,
+    deadline: float,
+) -> str:
+    record = runtime.ledger.get(row_id)
+    assert record is not None
+    runtime.polling_rows[task_id] = row_id
+    watch = poller.track(task_id, submitted_at=record.submitted_at, deadline=deadline)
+    try:
+        task = await watch
+    except PollTimeout as exc:
+        status = exc.last_task.status if exc.last_task else record.api_status
+        return _timed_out(runtime, row_id, status, polls + exc.queries, exc.problem)
+    except AuthenticationError as exc:
+        code = exc.status_code
+        if code == 403:
+            runtime.gate.stop("permission denied (403) on a status query: check the API key")
         else:
-            polls += 1
-            failures, problem = 0, None
-            if task.is_terminal:
-                state = record_terminal(runtime, row_id, task, polls)
-                log.info("row %s: task %s %s after %d polls", row_id, task_id, task.status, polls)
-                return state
-            status = task.status
-            if not task.is_known_status and task.status not in warned:
-                warned.add(task.status)
-                log.warning("row %s: unknown status %r, still waiting", row_id, task.status)
-            wait = options.poll_interval
-        if time.monotonic() + wait > deadline:
-            return _timed_out(runtime, row_id, status, polls, problem)
-        await asyncio.sleep(wait)
+            runtime.gate.stop(f"authentication failed ({code}): check the API key")
+        raise
+    finally:
+        # Cancelled (the run stopped) or done: this row is no longer in flight.
+        poller.forget(watch)
+        runtime.polling_rows.pop(task_id, None)
+    polls += watch.queries
+    state = record_terminal(runtime, row_id, task, polls)
+    run_logger().info("row %s: task %s %s after %d polls", row_id, task_id, task.status, polls)
+    return state

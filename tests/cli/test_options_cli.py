@@ -42,6 +42,8 @@ ENV_VALUES: dict[str, tuple[str, Any]] = {
     "report": ("false", False),
     "max_queries_per_s": ("2.5", 2.5),
     "poll_lag_target": ("30", 30.0),
+    "poll_duration_low": ("60", 60.0),
+    "poll_duration_high": ("900", 900.0),
     "sandbox": ("on", True),
 }
 
@@ -133,14 +135,24 @@ def test_run_help_shows_every_flag_and_ends_with_an_example() -> None:
 
 
 def test_the_new_rate_options_have_their_documented_defaults() -> None:
-    """max_queries_per_s defaults to 4 per second and poll_lag_target to 10 s, both > 0;
-    polling keeps its 8 s pace."""
+    """max_queries_per_s defaults to 4 per second, poll_lag_target to 10 s and the duration
+    prior to 180-300 s, all > 0; no pace is pinned (None: adaptive polling)."""
     options = RunOptions(manifest="m.csv")
     assert (options.max_queries_per_s, options.poll_lag_target) == (4.0, 10.0)
-    assert (options.poll_interval, options.poll_initial_delay) == (8.0, 8.0)
-    for name in ("max_queries_per_s", "poll_lag_target"):
+    assert (options.poll_duration_low, options.poll_duration_high) == (180.0, 300.0)
+    assert (options.poll_interval, options.poll_initial_delay) == (None, None)
+    for name in ("max_queries_per_s", "poll_lag_target", "poll_duration_low", "poll_interval"):
         with pytest.raises(ValueError, match="greater than 0"):
             RunOptions(manifest="m.csv", **{name: 0})
+
+
+def test_the_duration_prior_must_be_a_range() -> None:
+    """poll_duration_high must be above poll_duration_low, and both at most an hour."""
+    with pytest.raises(ValueError, match=r"poll_duration_high[\s\S]*above poll_duration_low"):
+        RunOptions(manifest="m.csv", poll_duration_low=300, poll_duration_high=300)
+    with pytest.raises(ValueError, match="less than or equal to 3600"):
+        RunOptions(manifest="m.csv", poll_duration_high=7200)
+    assert RunOptions(manifest="m.csv", poll_duration_low=5, poll_duration_high=9)
 
 
 # --- not set, set, and the environment -------------------------------------------------------
@@ -260,6 +272,13 @@ def test_prices_are_given_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--concurrency", "5000"], {}, "'--concurrency'", "less than or equal to 1000"),
         (["--poll-lag-target", "0"], {}, "'--poll-lag-target'", "greater than 0"),
         (["--max-queries-per-s", "-1"], {}, "'--max-queries-per-s'", "greater than 0"),
+        (
+            ["--poll-duration-high", "100"],
+            {},
+            "'--poll-duration-high'",
+            "must be above poll_duration_low (180 s)",
+        ),
+        ([], {"VIDEOBATCH_POLL_INTERVAL": "0"}, "VIDEOBATCH_POLL_INTERVAL", "greater than 0"),
         ([], {"VIDEOBATCH_SUBMIT_RATE": "0"}, "VIDEOBATCH_SUBMIT_RATE", "greater than 0"),
         ([], {"VIDEOBATCH_CONCURRENCY": "zero"}, "VIDEOBATCH_CONCURRENCY", "valid integer"),
         ([], {"VIDEOBATCH_REPORT": "maybe"}, "VIDEOBATCH_REPORT", "valid boolean"),
@@ -272,6 +291,8 @@ def test_prices_are_given_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
         "above-max",
         "lag-zero",
         "rate-negative",
+        "prior-high-below-low",
+        "env-interval-zero",
         "env-rate-zero",
         "env-not-a-number",
         "env-not-a-boolean",

@@ -23,7 +23,7 @@ from apimart.sandbox import FaultRule, RunningSandbox, SandboxConfig, run_in_thr
 from tasks.run.lifecycle import open_run
 from tasks.run.options import RunOptions
 from tasks.run.runtime import Runtime
-from tasks.steps.poll import first_poll_delay, poll_row
+from tasks.steps.poll import poll_row
 from tasks.steps.submit import submit_row
 from tasks.store.ledger import State
 
@@ -157,12 +157,3 @@ async def test_the_initial_delay_is_bounded_by_the_deadline(tmp_path: Path) -> N
     assert state == State.TIMEOUT
     assert took < 0.5 + 1.0
     assert queries(sb) == 1
-
-
-def test_first_poll_delay_never_exceeds_the_initial_delay() -> None:
-    """The wait before the first query is what is left of the initial delay, never more."""
-    now = 1_000_000.0
-    assert first_poll_delay(now - 3, 8, now) == pytest.approx(5)
-    assert first_poll_delay(now - 30, 8, now) == 0
-    assert first_poll_delay(now + 3600, 8, now) == 8  # stamped in our future
-    assert first_poll_delay(None, 8, now) == 8

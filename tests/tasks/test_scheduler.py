@@ -320,3 +320,24 @@ def test_waits_below_the_clocks_rounding_do_not_spin() -> None:
         return len(api.starts)
 
     assert run_virtual(main) >= 1000 * 36
+
+
+def test_a_pause_after_a_503_does_not_hold_a_watch_past_its_deadline() -> None:
+    """A task already asked about whose deadline falls inside a 503's 5 s pause ends
+    PollTimeout at its deadline, not when the pause is over, and is not queried again."""
+
+    async def main(loop: asyncio.AbstractEventLoop) -> tuple[float, float, FakeAPI]:
+        api = FakeAPI(loop)
+        api.faults[1] = ServerError("busy", status_code=503)
+        async with PollScheduler(
+            api.query, fixed=FixedSchedule(0.0, 0.1), max_queries_per_s=100.0, wall=api.wall
+        ) as s:
+            start = api.add("a", 1e9)
+            deadline = loop.time() + 1.0
+            with pytest.raises(PollTimeout, match="503|busy"):
+                await s.watch("a", submitted_at=start, deadline=deadline)
+            return loop.time(), deadline, api
+
+    ended, deadline, api = run_virtual(main)
+    assert deadline <= ended <= deadline + 0.01
+    assert len(api.by_task["a"]) == 1
