@@ -334,7 +334,7 @@ def test_a_pause_after_a_503_does_not_hold_a_watch_past_its_deadline() -> None:
         ) as s:
             start = api.add("a", 1e9)
             deadline = loop.time() + 1.0
-            with pytest.raises(PollTimeout, match="503|busy"):
+            with pytest.raises(PollTimeout, match="busy"):
                 await s.watch("a", submitted_at=start, deadline=deadline)
             return loop.time(), deadline, api
 
