@@ -26,6 +26,7 @@ Where things live, by the output location (`--out`) and `VIDEOBATCH_LEDGER_URL`:
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
@@ -48,6 +49,7 @@ from tasks.run.runtime import (
     new_run_id,
     run_logger,
 )
+from tasks.steps.chunk import LEASE_S
 from tasks.steps.download import remote_output, stored_sizes, video_relpath
 from tasks.steps.submit import send_decision, shares_batch
 
@@ -79,10 +81,6 @@ __all__ = [
     "rows_needing_work",
     "staging_root",
 ]
-
-# How long a claimed row (and its budget reservation) stays this run's without a renewal. A run
-# renews every LEASE_S / 4 while it works; a run that died frees its rows after at most this.
-LEASE_S = 120.0
 
 
 # The client's transport, named here so flows can pass one without importing httpx.
@@ -184,6 +182,32 @@ def _local_folder(location: str) -> tuple[Path, RemoteOutput | None]:
     return output.root, None
 
 
+def _lift_stale_stop(ledger: Ledger) -> None:
+    """A 401/402 stop of the batch holds every run that saw it; a run started when none of
+    them is alive any more (no live lease in the batch) is a person's new attempt after fixing
+    the key or the balance, so it lifts the stop, and says so."""
+    stop = ledger.stopped()
+    if stop is None:
+        return
+    now = time.time()
+    for row_id in ledger.all():
+        lease = ledger.lease(row_id)
+        if lease is not None and lease.until > now:
+            run_logger().error(
+                "the batch is stopped (%s: %s) and runs that saw it are still going: no new "
+                "submissions from this run either",
+                stop.kind,
+                stop.reason,
+            )
+            return
+    ledger.clear_stop()
+    run_logger().warning(
+        "lifted the batch's stop left by an earlier run (%s: %s): no run of the batch is alive",
+        stop.kind,
+        stop.reason,
+    )
+
+
 @contextmanager
 def _run_ledger(out: Path, remote: RemoteOutput | None, location: str) -> Iterator[Ledger]:
     url = ledger_url()
@@ -192,6 +216,7 @@ def _run_ledger(out: Path, remote: RemoteOutput | None, location: str) -> Iterat
         batch = batch_name(location)
         log.info("ledger: batch %s of the shared ledger named by VIDEOBATCH_LEDGER_URL", batch)
         with open_ledger(url, batch=batch) as ledger:
+            _lift_stale_stop(ledger)
             yield ledger
         return
     if remote is not None:

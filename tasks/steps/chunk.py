@@ -14,6 +14,16 @@ only chunks with work under way show as running.
 The chunk task has no Prefect retries and no cache: it wraps paid POSTs, and a retry would
 re-run the body. Should the body run again anyway, it redoes nothing the ledger says is done:
 every step asks the ledger first (`send_decision`, a recorded task id, a verified video).
+
+On a batch shared by several runs (a PostgreSQL ledger) the chunks are not planned up front but
+claimed (`Ledger.claim`): each chunk is the next `rows_per_chunk` rows nobody holds, leased to
+this run (its run id) for `LEASE_S` seconds, renewed every quarter of that while the run works,
+and released when it ends, however it ends. So K runs started at once on one batch each take
+different rows, and a run whose process died frees its rows when its lease runs out: a run
+still claiming (or the next one) takes them over, and a row the dead run left between intent
+and task id becomes `unknown` in that same claim, never resent blindly. A run whose claims come
+back empty waits while other live runs hold rows that are still on their way (they may die),
+then ends. The folder's SQLite ledger has one run by its lock, so its rows are planned as ever.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +44,8 @@ from tasks.errors import RunStopped
 from tasks.run.runtime import Runtime, as_task_parameter, run_logger
 from tasks.steps.download import RETRYABLE, download_row, mark_download_failed
 from tasks.steps.poll import poll_row
-from tasks.steps.submit import submit_row
+from tasks.steps.submit import obey_batch_stop, shares_batch, submit_row
+from tasks.store.ledger import CLAIMABLE
 from tasks.store.states import DOWNLOADABLE, TO_POLL, State
 
 # At most this many task runs per flow run. Measured here (shared/prefect-notes.md,
@@ -49,6 +61,13 @@ LOOKAHEAD = 4
 # A CDN or API that kept failing through the client's own retries gets this many more tries
 # of the download step, after these waits (jittered down to half), as Prefect's did before.
 DOWNLOAD_RETRY_WAITS_S = (2.0, 10.0, 30.0)
+# How long a claimed row stays this run's without a renewal (renewed every quarter of it). A
+# run that died frees its rows after at most this long.
+LEASE_S = 120.0
+# Rows of the batch another live run holds while still on their way: a run whose own claims
+# came back empty waits for them (their run may die and leave them) at most this long.
+TAKEOVER_WAIT_S = 2 * LEASE_S
+_ON_THEIR_WAY = frozenset({State.PENDING, State.INTENT, State.SUBMITTED, State.COMPLETED})
 
 
 def rows_per_chunk(rows: int) -> int:
@@ -220,8 +239,25 @@ async def run_in_chunks(
     runtime: Runtime, row_ids: Sequence[str], on_row_done: Callable[[str], Awaitable[None]]
 ) -> list[dict[str, int] | BaseException]:
     """Every row of `row_ids` through its steps, one chunk task run per chunk; each chunk's
-    state counts, or what it raised. Once the run is stopped no further chunk starts."""
-    lanes = Lanes.for_run(runtime, on_row_done)
+    state counts, or what it raised. Once the run is stopped no further chunk starts.
+
+    On a shared batch the rows are claimed chunk by chunk instead (see the module): `row_ids`
+    are then the rows this run may work on, of which it works those it manages to claim."""
+    if shares_batch(runtime.ledger):
+        return await _run_claimed(runtime, row_ids, on_row_done)
+    planned = iter(plan_chunks(runtime, row_ids))
+
+    async def next_chunk() -> Chunk | None:
+        return next(planned, None)
+
+    return await _launch_all(runtime, Lanes.for_run(runtime, on_row_done), next_chunk)
+
+
+async def _launch_all(
+    runtime: Runtime, lanes: Lanes, next_chunk: Callable[[], Awaitable[Chunk | None]]
+) -> list[dict[str, int] | BaseException]:
+    """One chunk task run for every chunk `next_chunk` gives (None: no more), each started
+    once the LOOKAHEAD allows it; their outcomes, in order."""
     jobs: list[asyncio.Task[dict[str, int]]] = []
 
     async def launch(chunk: Chunk, fed: _Fed) -> dict[str, int]:
@@ -237,9 +273,10 @@ async def run_in_chunks(
             fed()
 
     try:
-        for chunk in plan_chunks(runtime, row_ids):
+        while True:
             await lanes.unfed.acquire()
-            if runtime.gate.stop_reason:
+            chunk = None if runtime.gate.stop_reason else await next_chunk()
+            if chunk is None or runtime.gate.stop_reason:
                 lanes.unfed.release()
                 break
             jobs.append(asyncio.create_task(launch(chunk, _Fed(lanes))))
@@ -249,3 +286,136 @@ async def run_in_chunks(
             job.cancel()
         await asyncio.gather(*jobs, return_exceptions=True)
         raise
+
+
+def claim_states(runtime: Runtime) -> frozenset[str]:
+    """The states a claim of this run asks for: what a plain run works on, rejected rows (a
+    changed row is sent again), and what the run's options say a person asked to resend."""
+    states = set(CLAIMABLE) | {State.REJECTED}
+    if runtime.options.resubmit_unknown:
+        states.add(State.UNKNOWN)
+    if runtime.options.retry_failed:
+        states |= {State.FAILED, State.CANCELLED}
+    return frozenset(states)
+
+
+def _no_more_claims(runtime: Runtime) -> bool:
+    """Stopped, throttled out or cut off from the API: claiming more rows would only hold
+    them away from a run that can still work on them."""
+    gate = runtime.gate
+    return bool(gate.stop_reason or gate.throttled_out or gate.unreachable)
+
+
+def _label(runtime: Runtime, ids: Sequence[str]) -> str:
+    if len(ids) == 1:
+        return ids[0]
+    numbers = sorted(runtime.row(i).number for i in ids)
+    return f"rows {numbers[0]:05d}-{numbers[-1]:05d}"
+
+
+def _reopen_missing_videos(runtime: Runtime, wanted: set[str]) -> None:
+    """A row the ledger calls downloaded whose video is not where it should be is not
+    claimable as it stands: it becomes download_failed, which a claim hands out (the
+    download step then uploads the kept file or fetches the video again)."""
+    for row_id, record in runtime.ledger.all().items():
+        if row_id in wanted and record.state == State.DOWNLOADED:
+            runtime.ledger.update(
+                row_id,
+                "video-missing",
+                state=State.DOWNLOAD_FAILED,
+                error_code="download_failed",
+                error_message="the video is missing from the output location",
+            )
+
+
+def _held_by_others(runtime: Runtime, owner: str, wanted: set[str]) -> list[str]:
+    """Rows this run may work on that another live run holds while they are on their way."""
+    held = []
+    for row_id, record in runtime.ledger.all().items():
+        if row_id in wanted and record.state in _ON_THEIR_WAY:
+            lease = runtime.ledger.lease(row_id)
+            if lease is not None and lease.owner != owner and lease.until > time.time():
+                held.append(row_id)
+    return held
+
+
+async def _keep_leases(runtime: Runtime, owner: str, holding: set[str]) -> None:
+    """Renew this run's leases every quarter lease; say which rows another run took over."""
+    log = run_logger()
+    while True:
+        await asyncio.sleep(LEASE_S / 4)
+        kept = set(runtime.ledger.renew_lease(owner, lease_s=LEASE_S))
+        lost = holding - kept
+        if lost:
+            holding -= lost
+            log.warning(
+                "lost the lease of %d rows (%s): another run may work on them now; nothing is "
+                "sent for them from here",
+                len(lost),
+                ", ".join(sorted(lost)[:10]),
+            )
+
+
+async def _run_claimed(
+    runtime: Runtime, row_ids: Sequence[str], on_row_done: Callable[[str], Awaitable[None]]
+) -> list[dict[str, int] | BaseException]:
+    log = run_logger()
+    ledger, owner = runtime.ledger, runtime.run_id
+    wanted = set(row_ids)
+    size, states = rows_per_chunk(len(row_ids)), claim_states(runtime)
+    lanes = Lanes.for_run(runtime, on_row_done)
+    holding: set[str] = set()
+    outcomes: list[dict[str, int] | BaseException] = []
+    _reopen_missing_videos(runtime, wanted)
+    renewer = asyncio.create_task(_keep_leases(runtime, owner, holding))
+
+    async def next_chunk() -> Chunk | None:
+        while True:
+            obey_batch_stop(runtime)
+            if _no_more_claims(runtime):
+                return None
+            claim = ledger.claim(owner, size, lease_s=LEASE_S, states=states)
+            if claim.unknown:
+                log.warning(
+                    "rows left mid-POST by a run that stopped renewing its lease are now unknown "
+                    "(never resent blindly; --resubmit-unknown resends them): %s",
+                    ", ".join(claim.unknown[:20]),
+                )
+            if not claim.rows:
+                return None
+            # Rows claimed but not this run's to work on (held by the ledger check, finished
+            # meanwhile, or not in this manifest) stay leased, so the next claim moves on.
+            holding.update(r.row_id for r in claim.rows)
+            ids = [r.row_id for r in claim.rows if r.row_id in wanted]
+            if ids:
+                return Chunk(_label(runtime, ids), tuple(ids))
+
+    try:
+        waited_since: float | None = None
+        while True:
+            outcomes += await _launch_all(runtime, lanes, next_chunk)
+            if _no_more_claims(runtime):
+                break
+            others = _held_by_others(runtime, owner, wanted)
+            if not others:
+                break
+            now = time.monotonic()
+            waited_since = waited_since or now
+            if now - waited_since > TAKEOVER_WAIT_S:
+                log.warning(
+                    "%d rows are still held by other runs of the batch; leaving them to them",
+                    len(others),
+                )
+                break
+            if waited_since == now:
+                log.info(
+                    "waiting for %d rows other runs of the batch hold (taken over should their "
+                    "run stop renewing its lease)",
+                    len(others),
+                )
+            await asyncio.sleep(min(1.0, LEASE_S / 8))
+    finally:
+        renewer.cancel()
+        await asyncio.gather(renewer, return_exceptions=True)
+        ledger.release(owner)
+    return outcomes
