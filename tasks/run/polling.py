@@ -75,19 +75,19 @@ def restore_model(runtime: Runtime) -> DurationModel:
 
 def describe(scheduler: PollScheduler) -> str:
     """The polling mode in words, for the run's first log lines."""
-    fixed = scheduler.fixed
-    if fixed is not None:
-        return (
-            f"polling: fixed interval {fixed.interval:g} s "
-            f"(first query {fixed.initial_delay:g} s after submitting)"
-        )
     model = scheduler.model
     learned = round(model.observations)
     source = (
-        f"learned from {learned} tasks of this folder"
+        f"durations learned from {learned} tasks of this folder"
         if learned
-        else f"prior {model.low:g}-{model.high:g} s, nothing learned yet"
+        else f"duration prior {model.low:g}-{model.high:g} s, nothing learned yet"
     )
+    fixed = scheduler.fixed
+    if fixed is not None:
+        return (
+            f"polling: fixed interval {fixed.interval:g} s (first query "
+            f"{fixed.initial_delay:g} s after submitting); {source}, for the ETA"
+        )
     return (
         f"polling: adaptive ({source}; mean lag target {scheduler.lag_target:g} s, "
         f"at most {scheduler.max_rate:g} queries/s)"
