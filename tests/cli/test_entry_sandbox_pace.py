@@ -1,5 +1,6 @@
 """The built-in sandbox speeds up polling only where the user chose no pace: a value given as
-a flag or a VIDEOBATCH_ variable is kept even when it equals the default."""
+a flag or a VIDEOBATCH_ variable is kept (a pinned, fixed schedule), even 8 s, the old
+default."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def _effective_options(
 def test_a_pace_set_through_the_environment_is_kept_and_an_unset_one_is_sped_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """VIDEOBATCH_POLL_INTERVAL=8 (the default's value) is kept in sandbox mode; the initial
+    """VIDEOBATCH_POLL_INTERVAL=8 (the old default's value) is kept in sandbox mode; the initial
     delay nobody set takes the sandbox's pace."""
     seen = _effective_options(monkeypatch, {"VIDEOBATCH_POLL_INTERVAL": "8"})
     assert seen["emulated"]
