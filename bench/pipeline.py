@@ -57,6 +57,7 @@ async def main() -> None:
             submit_rate=1000,
             poll_initial_delay=0.2,
             poll_interval=0.2,
+            max_queries_per_s=1000,
             report=False,
         )
         started = time.perf_counter()

@@ -139,7 +139,8 @@ def main() -> None:
                     "run", str(manifest), "--out", str(work / f"out{rows}"),
                     "--base-url", sandbox.url, "--concurrency", str(args.concurrency),
                     "--submit-rate", "1000", "--poll-interval", poll,
-                    "--poll-initial-delay", poll, "--no-report", env=env,
+                    "--poll-initial-delay", poll, "--max-queries-per-s", "1000",
+                    "--no-report", env=env,
                 )  # fmt: skip
                 after = sandbox.stats()
                 made = after["tasks_created"] - before_stats["tasks_created"]
