@@ -57,18 +57,22 @@ async def test_a_run_to_s3_puts_verified_videos_and_results_in_the_bucket(
     s3_server: s3kit.S3Server,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Videos (with the hash the results record) and results land in the bucket, the video
-    column holds URLs, the ledger stays in the staging folder, and a rerun calls nothing."""
-    manifest = write_manifest(tmp_path / "m.csv", ROWS)
+    """With the manifest read from the bucket too: videos (with the hash the results
+    record) and results land in the bucket, the video column holds URLs, the ledger stays in
+    the staging folder, no secret is written anywhere, and a rerun calls nothing."""
+    local = write_manifest(tmp_path / "m.csv", ROWS)
+    prefix = _prefix(s3_out, s3_server)
+    s3_server.client().put_object(
+        Bucket=s3_server.bucket, Key=f"{prefix}-in/m.csv", Body=local.read_bytes()
+    )
     sandbox = in_process_sandbox()
-    options = fast_options(manifest, Path("unused"), sandbox.url).model_copy(
-        update={"out": s3_out, "report": True}
+    options = fast_options(local, Path("unused"), sandbox.url).model_copy(
+        update={"manifest": f"{s3_out}-in/m.csv", "out": s3_out, "report": True}
     )
     caplog.set_level(logging.INFO)
     outcome = await in_process_flow(sandbox)(options=options)
     assert outcome["statuses"] == {"completed": 3}
 
-    prefix = _prefix(s3_out, s3_server)
     objects = s3_server.objects(prefix)
     assert {"results.parquet", "results.csv", "report.html"} <= set(objects)
     assert "ledger.sqlite" not in objects
@@ -82,15 +86,27 @@ async def test_a_run_to_s3_puts_verified_videos_and_results_in_the_bucket(
     staging = staging_folder(s3_out, staging_root())
     assert (staging / "ledger.sqlite").is_file()
     assert any("holds no ledger" in r.getMessage() for r in caplog.records)
-    assert_no_canary([s3_server.get(f"{prefix}/{k}") for k in objects], "the bucket")
+    stored = [s3_server.get(f"{prefix}/{k}") for k in objects]
+    staged = [p.read_bytes() for p in staging.rglob("*") if p.is_file()]
     messages = [r.getMessage() for r in caplog.records]
+    assert_no_canary([*stored, *staged], "the bucket or the staging folder")
     assert_no_canary(messages, "the logs")
-    assert not [m for m in messages if s3_server.secret_key in m]
+    secret = s3_server.secret_key
+    assert not [m for m in messages if secret in m]
+    assert not [b for b in [*stored, *staged] if secret.encode() in b]
 
     before = _counts(sandbox)
     again = await in_process_flow(sandbox)(options=options)
     assert again["statuses"] == {"completed": 3}
     assert _counts(sandbox) == before
+
+    # The object, not the staged file, is what counts: a lost object is uploaded again.
+    s3_server.client().delete_object(Bucket=s3_server.bucket, Key=f"{prefix}/videos/v1.mp4")
+    healed = await in_process_flow(sandbox)(options=options)
+    assert healed["statuses"] == {"completed": 3}
+    assert _counts(sandbox) == before
+    body = s3_server.get(f"{prefix}/videos/v1.mp4")
+    assert hashlib.sha256(body).hexdigest() == table[1]["video_sha256"]
 
 
 async def test_a_failed_upload_leaves_the_row_download_failed_and_the_next_run_uploads_it(
