@@ -316,9 +316,14 @@ def _label(runtime: Runtime, ids: Sequence[str]) -> str:
 def _reopen_missing_videos(runtime: Runtime, wanted: set[str]) -> None:
     """A row the ledger calls downloaded whose video is not where it should be is not
     claimable as it stands: it becomes download_failed, which a claim hands out (the
-    download step then uploads the kept file or fetches the video again)."""
+    download step then uploads the kept file or fetches the video again). A row another live
+    run holds is left to it: it may be uploading that very video now."""
+    now = time.time()
     for row_id, record in runtime.ledger.all().items():
         if row_id in wanted and record.state == State.DOWNLOADED:
+            lease = runtime.ledger.lease(row_id)
+            if lease is not None and lease.until > now:
+                continue
             runtime.ledger.update(
                 row_id,
                 "video-missing",
@@ -344,7 +349,12 @@ async def _keep_leases(runtime: Runtime, owner: str, holding: set[str]) -> None:
     log = run_logger()
     while True:
         await asyncio.sleep(LEASE_S / 4)
-        kept = set(runtime.ledger.renew_lease(owner, lease_s=LEASE_S))
+        try:
+            kept = set(runtime.ledger.renew_lease(owner, lease_s=LEASE_S))
+        except Exception as exc:
+            # Tried again next time; meanwhile the lease fences every intent of this run.
+            log.error("could not renew this run's leases (%s); trying again", exc)
+            continue
         lost = holding - kept
         if lost:
             holding -= lost

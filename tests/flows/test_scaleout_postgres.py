@@ -203,3 +203,41 @@ async def test_a_402_stops_every_run_of_the_batch(tmp_path: Path, ledger_url: st
     resumed = await in_process_flow(topped_up)(options=fast_options(manifest, out, topped_up.url))
     assert resumed["statuses"] == {"completed": 3}
     assert topped_up.state.counters.snapshot()["tasks_created"] == 2
+
+
+async def test_a_working_run_renews_its_leases_so_no_other_run_takes_its_rows(
+    tmp_path: Path, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While its tasks are held past several lease lengths, the run keeps renewing: another
+    run's claim gets none of its rows, and at the end every lease is released."""
+    from tasks.steps import chunk
+
+    monkeypatch.setattr(chunk, "LEASE_S", 0.8)
+    manifest = write_manifest(tmp_path / "m.csv", _rows(2, "renewed"))
+    sandbox = in_process_sandbox(Faults(hold_tasks=True))
+    out = tmp_path / "out"
+    batch = batch_name(str(out))
+    flow = in_process_flow(sandbox)
+
+    async def intrude() -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120
+        while sandbox.state.counters.snapshot()["tasks_created"] < 2:
+            assert loop.time() < deadline, "the run never sent its rows"
+            await asyncio.sleep(0.05)
+        with connect_ledger(ledger_url, batch=batch) as ledger:
+            first = ledger.lease("p00")
+            assert first is not None
+            # Renewed past the end of the lease it had when its tasks were sent.
+            while (ledger.lease("p00") or first).until < first.until + 2 * 0.8:
+                assert loop.time() < deadline, "the lease was not renewed"
+                await asyncio.sleep(0.05)
+            assert ledger.claim("intruder", 10, lease_s=60).rows == []
+        sandbox.config.faults.hold_tasks = False
+
+    outcome, _ = await asyncio.gather(
+        flow(options=fast_options(manifest, out, sandbox.url)), intrude()
+    )
+    assert outcome["statuses"] == {"completed": 2}
+    with connect_ledger(ledger_url, batch=batch, readonly=True) as ledger:
+        assert [ledger.lease(r) for r in ("p00", "p01")] == [None, None]
