@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from types import UnionType
@@ -49,6 +50,16 @@ RUN_OPTIONS = tuple(name for name in RunOptions.model_fields if name != "manifes
 # (given as paths, so `out/demo/` and `./out/demo` are the folder `out/demo`, as before).
 _SHORT_FLAGS = {"out": "-o"}
 _FOLDERS = frozenset({"out", "assets"})
+# `s3://bucket/prefix` is a location, not a path: Path() would fold it into `s3:/bucket/prefix`,
+# a local folder, and a later run into the real URL would open another ledger and pay again.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _location(text: str) -> str:
+    """A URL as given; a path normalised (`out/demo/` and `./out/demo` are `out/demo`)."""
+    return text if _URL.match(text) else str(Path(text))
+
+
 _RULES = (
     (annotated_types.Ge, "ge", ">="),
     (annotated_types.Gt, "gt", ">"),
@@ -85,8 +96,6 @@ def _cli_type(name: str) -> Any:
     base = _base_type(name)
     if _is_json(name):
         base = str
-    elif name in _FOLDERS:
-        base = Path
     elif base not in (str, int, float, bool):
         raise TypeError(f"RunOptions.{name}: no command-line form for {base!r}")
     return base | None if _field(name).default is None else base
@@ -185,7 +194,7 @@ def _run_options(ctx: typer.Context, manifest: str, values: dict[str, Any]) -> R
         if _is_json(name) and isinstance(given[name], str):
             given[name] = _json_object(given[name], where[name])
         elif name in _FOLDERS:
-            given[name] = str(Path(given[name]))
+            given[name] = _location(str(given[name]))
     try:
         return RunOptions(manifest=manifest, **given)
     except ValidationError as exc:
@@ -217,7 +226,12 @@ def _ledger_export(url: str | None) -> dict[str, str]:
 
 
 Manifest = Annotated[
-    Path, typer.Argument(help="Manifest file: .csv, .parquet or .jsonl.", show_default=False)
+    str,
+    typer.Argument(
+        help="Manifest: .csv, .parquet or .jsonl; a path or a URL (s3://...).",
+        show_default=False,
+        metavar="MANIFEST",
+    ),
 ]
 
 
@@ -252,7 +266,7 @@ def run(
     Rows already submitted are polled, not paid again; rows whose POST outcome is unknown are
     held until you pass --resubmit-unknown.
     """
-    chosen = _run_options(ctx, str(manifest), options)
+    chosen = _run_options(ctx, _location(manifest), options)
     forced = _sandbox_forced(ctx, sandbox)
     with environment.exported(_ledger_export(ledger)):
         code = console.dry_run(chosen) if chosen.dry_run else console.run(chosen, sandbox=forced)
@@ -263,7 +277,7 @@ def run(
 @with_run_options("assets")
 def validate(ctx: typer.Context, manifest: Manifest, **options: Any) -> None:
     """Check every row of a manifest and estimate cost and time; nothing is sent."""
-    raise typer.Exit(console.dry_run(_run_options(ctx, str(manifest), options)))
+    raise typer.Exit(console.dry_run(_run_options(ctx, _location(manifest), options)))
 
 
 @app.command(epilog=_example("videobatch status out/demo"))

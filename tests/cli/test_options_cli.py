@@ -258,6 +258,19 @@ def test_folders_are_taken_as_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (seen["options"].out, seen["options"].assets) == ("out/demo", "pics")
 
 
+def test_a_url_location_is_kept_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--out s3://bucket/prefix` (flag or VIDEOBATCH_OUT) stays a URL, never the local folder
+    `s3:/bucket/prefix`, which a later run into the real URL would not find (and pay again)."""
+    result, seen = _invoke(monkeypatch, ["--out", "s3://bucket/prefix"])
+    assert result.exit_code == 0, result.output
+    assert seen["options"].out == "s3://bucket/prefix"
+    result, seen = _invoke(monkeypatch, [], {"VIDEOBATCH_OUT": "s3://bucket/other/"})
+    assert result.exit_code == 0, result.output
+    assert seen["options"].out == "s3://bucket/other/"
+    result = CliRunner().invoke(cli_module.app, ["run", "s3://b/m.csv", "--dry-run"])
+    assert "s3:/b/m.csv" not in result.output
+
+
 def test_prices_are_given_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
     """--prices takes a JSON object of prices by resolution."""
     result, seen = _invoke(monkeypatch, ["--prices", '{"720p": 0.2, "4k": 1.5}'])
