@@ -35,6 +35,7 @@ from tasks.store.states import DONE, DOUBTFUL
 
 if TYPE_CHECKING:
     from tasks.run.options import RunOptions
+    from tasks.store.ledger import Ledger
     from tasks.store.manifest import Manifest
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_STOPPED = 0, 1, 2
@@ -210,20 +211,48 @@ def _sandbox_if_needed(options: RunOptions, forced: bool) -> Iterator[tuple[RunO
             yield options.model_copy(update=update), True
 
 
+def _run_ledger_readonly(out: str) -> Ledger:
+    """The ledger a run into `out` writes, opened read-only: the batch of the shared ledger
+    named by VIDEOBATCH_LEDGER_URL, the staging folder's file for a store location, else
+    `OUT/ledger.sqlite`. (Heavy imports only here: a run has loaded them already.)"""
+    from tasks.store.ledger import Ledger, connect_ledger
+
+    url = environment.ledger_url()
+    if url:
+        from tasks.run.lifecycle import batch_name
+
+        return connect_ledger(url, batch=batch_name(out), readonly=True)
+    from tasks.store.storage import is_url
+
+    if is_url(out):
+        from tasks.run.lifecycle import staging_root
+        from tasks.store.storage import staging_folder
+
+        return Ledger(staging_folder(out, staging_root()), readonly=True)
+    return Ledger(out, readonly=True)
+
+
+def _ledger_place(out: str) -> str:
+    """Where a person finds the run's ledger, in words (never the URL: it may hold a password)."""
+    if environment.ledger_url():
+        return f"the shared ledger ({environment.LEDGER_URL}), batch {out}"
+    return f"{out}/ledger.sqlite"
+
+
 class _Watcher:
     """Shows progress by reading the ledger (read-only) beside the running flow."""
 
-    def __init__(self, out: Path, total: int) -> None:
-        self.out, self.total = out, total
+    def __init__(self, out: str | Path, total: int) -> None:
+        self.out, self.total = str(out), total
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._ledger: Ledger | None = None
 
     def _counts(self) -> dict[str, int]:
-        from tasks.store.ledger import Ledger
-
         try:
-            with Ledger(self.out, readonly=True) as ledger:
-                return ledger.counts()
+            # Opened once it exists, then kept: a shared ledger is a connection pool.
+            self._ledger = self._ledger or _run_ledger_readonly(self.out)
+            return self._ledger.counts()
         except Exception:
             return {}
 
@@ -271,6 +300,8 @@ class _Watcher:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if self._ledger is not None and not self._thread.is_alive():
+            self._ledger.close()
 
 
 def run(options: RunOptions, *, sandbox: bool) -> int:
@@ -292,7 +323,7 @@ def run(options: RunOptions, *, sandbox: bool) -> int:
     try:
         with _sandbox_if_needed(options, sandbox) as (effective, emulated):
             try:
-                with _Watcher(Path(effective.out), len(manifest.valid_rows)), _one_line_errors():
+                with _Watcher(effective.out, len(manifest.valid_rows)), _one_line_errors():
                     outcome = asyncio.run(generate_videos(options=effective))
             except Exception as exc:
                 code = _report(exc, effective.out)
@@ -303,7 +334,7 @@ def run(options: RunOptions, *, sandbox: bool) -> int:
         mid_post = _results_after_interrupt(options, manifest)
         err.print(
             "[bold yellow]interrupted.[/] Nothing paid is lost: every task id sent so far is in "
-            f"{options.out}/ledger.sqlite. Run the same command again to resume"
+            f"{_ledger_place(options.out)}. Run the same command again to resume"
             + (
                 f"; results so far are in {options.out}/results.parquet."
                 if mid_post is not None
@@ -385,11 +416,11 @@ def _results_after_interrupt(options: RunOptions, manifest: Manifest) -> int | N
     """Write the results table from the ledger as it stands when a run is cut short; return
     how many rows were mid-POST (None when there was nothing to write from)."""
     from tasks.store.conflicts import ledger_conflicts, records_for_results
-    from tasks.store.ledger import Ledger
-    from tasks.store.results import build_results, write_results
+    from tasks.store.results import build_results, with_video_urls, write_results
+    from tasks.store.storage import RemoteOutput, open_output
 
     try:
-        with Ledger(options.out, readonly=True) as ledger:
+        with _run_ledger_readonly(options.out) as ledger:
             records = ledger.all()
         check = ledger_conflicts(manifest, records)
         if check.refusal(options.out):
@@ -400,7 +431,10 @@ def _results_after_interrupt(options: RunOptions, manifest: Manifest) -> int | N
             prices=options.prices,
             held=check.held_messages,
         )
-        write_results(table, Path(options.out))
+        output = open_output(options.out)
+        if isinstance(output, RemoteOutput):
+            table = with_video_urls(table, output)
+        write_results(table, output)
     except Exception:
         return None
     return sum(1 for r in records.values() if r.state in DOUBTFUL)

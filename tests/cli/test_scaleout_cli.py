@@ -100,3 +100,40 @@ def test_two_processes_share_one_batch_with_one_task_per_row_and_leak_no_secret(
     texts.append(str(pq.read_table(out / "results.parquet").to_pylist()))
     for secret in (PASSWORD, CANARY_KEY):
         assert not [t for t in texts if secret in t], f"{secret[:6]}... leaked"
+
+
+def test_ctrl_c_of_a_run_on_a_shared_batch_releases_its_rows_and_writes_results(
+    cli: Cli, make_sandbox: MakeSandbox, ledger_url: str, tmp_path: Path
+) -> None:
+    """Ctrl-C of a run on a PostgreSQL batch: the message names the shared ledger (never its
+    URL), the results are written from that ledger with every sent task id, and the run's
+    leases are given back, so the next run resumes at once and pays nothing twice."""
+    manifest = write_manifest(tmp_path / "m.csv", clip_rows(3, prefix="cut"))
+    sb = make_sandbox(faults=Faults(hold_tasks=True))
+    out = tmp_path / "out"
+    env = {"VIDEOBATCH_LEDGER_URL": ledger_url}
+    running = cli.start("run", manifest, "--out", out, "--no-report", sb=sb, env=env)
+    batch = batch_name(str(out))
+
+    def all_submitted() -> bool:
+        try:
+            with connect_ledger(ledger_url, batch=batch, readonly=True) as ledger:
+                return ledger.counts().get("submitted", 0) == 3
+        except Exception:
+            return False  # the run has not created the batch yet
+
+    wait_for(all_submitted, timeout=120, what="three rows submitted", interval=0.1)
+    stopped = running.interrupt()
+    sb.config.faults.hold_tasks = False
+    assert stopped.code == 130, stopped
+    assert "the shared ledger (VIDEOBATCH_LEDGER_URL)" in stopped.stderr
+    assert PASSWORD not in stopped.output
+    table = results(out)
+    assert all(r["task_id"] for r in table.values())
+    with connect_ledger(ledger_url, batch=batch, readonly=True) as ledger:
+        assert [ledger.lease(row_id) for row_id in table] == [None, None, None]
+
+    resumed = cli.run("run", manifest, "--out", out, "--no-report", sb=sb, env=env)
+    assert resumed.code == 0, resumed
+    assert counters(sb)["tasks_created"] == 3
+    assert {r["status"] for r in results(out).values()} == {"completed"}
