@@ -76,5 +76,6 @@ ESTIMATED_PRICES: Final = {"720p": 0.15, "1080p": 0.20, "4k": 0.40}
 
 def estimate_cost(resolution: str, duration: int, prices: dict[str, float] | None = None) -> float:
     """A rough price for one clip: the per-resolution price scaled linearly by duration."""
-    table = ESTIMATED_PRICES if prices is None else prices
+    # A partial table (only the resolutions someone priced) falls back to ours for the rest.
+    table = ESTIMATED_PRICES if prices is None else {**ESTIMATED_PRICES, **prices}
     return round(table[resolution.lower()] * duration / DEFAULT_DURATION, 6)

@@ -41,7 +41,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -139,9 +139,13 @@ def ledger_url_from_flag(url: str) -> str:
     """A `--ledger` URL, unless it holds a password: raises ValueError (which never quotes
     the URL) for one that does, since the command line shows in shell history and `ps`."""
     try:
-        password = urlsplit(url).password
+        parts = urlsplit(url)
+        password = bool(parts.password) or "password" in {
+            key.lower() for key, _ in parse_qsl(parts.query, keep_blank_values=True)
+        }
     except ValueError:
-        password = None  # not a URL at all (a path): nothing secret to see in it
+        # Unparseable: it may still hold a password, and nothing here can tell.
+        password = True
     if password:
         raise ValueError(
             "a ledger URL with a password must come from the VIDEOBATCH_LEDGER_URL variable "

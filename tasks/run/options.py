@@ -14,8 +14,11 @@ location (a URL that may hold a password) from `VIDEOBATCH_LEDGER_URL` (see
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
+from apimart import spec
 from tasks.run.duration import MAX_DURATION_S
 
 
@@ -102,3 +105,19 @@ class RunOptions(BaseModel):
         if low is not None and not high > low:
             raise ValueError(f"must be above poll_duration_low ({low:g} s), got {high:g} s")
         return high
+
+    @field_validator("prices")
+    @classmethod
+    def _prices_are_prices(cls, prices: dict[str, float] | None) -> dict[str, float] | None:
+        # A zero, negative or infinite estimate would let --max-cost admit rows it cannot
+        # afford until the real costs arrive.
+        if prices is None:
+            return None
+        for resolution, price in prices.items():
+            if resolution.lower() not in spec.RESOLUTIONS:
+                raise ValueError(
+                    f"{resolution!r} is not a resolution (one of {', '.join(spec.RESOLUTIONS)})"
+                )
+            if not (math.isfinite(price) and price > 0):
+                raise ValueError(f"the price of {resolution} must be above 0, got {price!r}")
+        return {resolution.lower(): price for resolution, price in prices.items()}

@@ -842,6 +842,18 @@ def is_ledger_url(target: object) -> bool:
     }
 
 
+def _refuse_batch_of_a_folder(target: str | Path, batch: str | None) -> None:
+    if batch is None:
+        return
+    if "://" in str(target):
+        # Never quoted: a mistyped scheme may sit in front of a password.
+        raise RunRefused(
+            "the ledger URL is not one videobatch knows: use postgresql://user@host:5432/db "
+            "(or postgresql+psycopg://...)"
+        )
+    raise RunRefused(f"{target} is a folder, whose SQLite ledger is one batch: pass no batch")
+
+
 def connect_ledger(
     target: str | Path, *, batch: str | None = None, readonly: bool = False
 ) -> Ledger:
@@ -856,8 +868,7 @@ def connect_ledger(
         from tasks.store.ledger_postgres import PostgresLedger
 
         return PostgresLedger(str(target), batch=batch, readonly=readonly)
-    if batch is not None:
-        raise RunRefused(f"{target} is a folder, whose SQLite ledger is one batch: pass no batch")
+    _refuse_batch_of_a_folder(target, batch)
     return Ledger(target, readonly=readonly)
 
 
@@ -881,8 +892,7 @@ def open_ledger(target: str | Path, batch: str | None = None) -> Iterator[Ledger
         finally:
             ledger.close()
         return
-    if batch is not None:
-        raise RunRefused(f"{target} is a folder, whose SQLite ledger is one batch: pass no batch")
+    _refuse_batch_of_a_folder(target, batch)
     folder = Path(target)
     with FolderLock(folder):
         ledger = Ledger(folder)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from apimart import ProtocolError, RequestValidationError, SubmitResult, Task, Video, VideoRequest
+from apimart import (
+    ProtocolError,
+    RequestValidationError,
+    SubmitResult,
+    Task,
+    Video,
+    VideoRequest,
+    spec,
+)
 
 PNG = "data:image/png;base64,iVBORw0KGgo="
 
@@ -147,3 +155,9 @@ def test_video_repr_hides_the_signature() -> None:
     """A video's repr hides its link's signature."""
     video = Video(url="https://cdn.example/a.mp4?expires=1&sig=SECRETSIG", expires_at=1.0)
     assert "SECRETSIG" not in repr(video)
+
+
+def test_a_partial_price_table_falls_back_to_the_default_for_the_rest() -> None:
+    """Prices given for one resolution leave the others at the default estimate."""
+    assert spec.estimate_cost("720p", 6, {"720p": 0.5}) == 0.5
+    assert spec.estimate_cost("4k", 6, {"720p": 0.5}) == spec.estimate_cost("4k", 6)

@@ -297,6 +297,9 @@ def test_prices_are_given_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ([], {"VIDEOBATCH_REPORT": "maybe"}, "VIDEOBATCH_REPORT", "valid boolean"),
         (["--prices", '{"720p": "cheap"}'], {}, "'--prices'", "valid number"),
         (["--prices", '["720p"]'], {}, "'--prices'", "a JSON object"),
+        (["--prices", '{"720p": 0}'], {}, "'--prices'", "the price of 720p must be above 0"),
+        (["--prices", '{"720p": -1}'], {}, "'--prices'", "the price of 720p must be above 0"),
+        (["--prices", '{"8k": 1}'], {}, "'--prices'", "'8k' is not a resolution"),
         ([], {"VIDEOBATCH_PRICES": "{720p"}, "VIDEOBATCH_PRICES", "a JSON object"),
     ],
     ids=[
@@ -311,6 +314,9 @@ def test_prices_are_given_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
         "env-not-a-boolean",
         "price-not-a-number",
         "prices-not-an-object",
+        "price-zero",
+        "price-negative",
+        "price-of-no-resolution",
         "env-prices-not-json",
     ],
 )
@@ -354,10 +360,20 @@ def test_ledger_variable_is_passed_on_untouched_without_the_flag(
     assert seen["ledger"] == url
 
 
-def test_ledger_flag_with_a_password_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """--ledger with a password in the URL (shell history and `ps` would show it) stops with
-    exit 2, names the flag and where the URL must come from, and never prints the password."""
-    url = "postgresql://videobatch:s3cret-pw@ledger-host/videobatch"
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://videobatch:s3cret-pw@ledger-host/videobatch",
+        "postgresql://videobatch@ledger-host/videobatch?password=s3cret-pw",
+        "postgresql://ledger-host/videobatch?user=vb&PASSWORD=s3cret-pw",
+        "postgresql://vb:s3cret-pw@[ledger-host/videobatch",
+    ],
+    ids=["authority", "query", "query-any-case", "unparseable"],
+)
+def test_ledger_flag_with_a_password_is_refused(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """--ledger with a password anywhere in the URL (shell history and `ps` would show it), or
+    a URL too broken to tell, stops with exit 2, names the flag and where the URL must come
+    from, and never prints the password."""
     result, seen = _invoke(monkeypatch, ["--ledger", url])
     assert result.exit_code == 2, result.output
     said = _flat(result.output)

@@ -189,3 +189,15 @@ def test_a_database_password_never_reaches_a_repr_an_error_or_a_log(
         assert "***" in str(refused.value)
     texts += [r.getMessage() for r in caplog.records]
     assert texts and not [t for t in texts if PASSWORD in t]
+
+
+def test_a_mistyped_ledger_scheme_is_refused_without_quoting_it(tmp_path: Path) -> None:
+    """A ledger URL whose scheme is mistyped is refused with a message that never quotes it,
+    since a password may follow the typo."""
+    with (
+        pytest.raises(RunRefused) as caught,
+        open_ledger("postgresq://vb:s3cret-pw@db/vb", batch="s3://b/x"),
+    ):
+        pass
+    assert "s3cret-pw" not in str(caught.value)
+    assert "postgresql://" in str(caught.value)
