@@ -20,6 +20,7 @@ from flowkit import (
 )
 from support import s3 as s3kit
 
+from tasks.errors import StorageError
 from tasks.run.lifecycle import staging_root
 from tasks.store.storage import staging_folder
 
@@ -122,8 +123,10 @@ async def test_a_failed_upload_leaves_the_row_download_failed_and_the_next_run_u
     sandbox = in_process_sandbox()
     options = fast_options(manifest, Path("unused"), sandbox.url).model_copy(update={"out": s3_out})
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-for-this-test")
-    with pytest.raises(Exception):  # noqa: B017 - the results cannot be written either
+    # The results cannot be written to a store that refuses us either: the run fails loudly.
+    with pytest.raises(StorageError) as refused:
         await in_process_flow(sandbox)(options=options)
+    assert "wrong-secret-for-this-test" not in str(refused.value)
     staging = staging_folder(s3_out, staging_root())
     from tasks.store.ledger import Ledger
 
