@@ -548,15 +548,39 @@ class Ledger:
                     )
             self._update_in(tx, row_id, "intent", values)
 
-    def record_submitted(self, row_id: str, *, task_id: str, status: str) -> None:
-        self.update(
-            row_id,
-            "submitted",
-            state=State.SUBMITTED,
-            task_id=task_id,
-            api_status=status,
-            submitted_at=time.time(),
-        )
+    def record_submitted(self, row_id: str, *, task_id: str, status: str) -> bool:
+        """The POST's answer: the row now has task `task_id`. False, overwriting nothing, when
+        the row already holds another task: a second POST of one row made a second task (a
+        run whose lease ran out mid-POST answered late, after another run resent the row, to
+        a vendor that ignores the idempotency key). The first task stays the row's, so its
+        video is fetched; the second is kept in a `second-task` event, never forgotten."""
+        now = time.time()
+        values = {
+            "state": str(State.SUBMITTED),
+            "task_id": task_id,
+            "api_status": status,
+            "submitted_at": now,
+            "updated_at": now,
+        }
+        with self._write() as tx:
+            count, _ = tx.run(
+                "UPDATE {rows} SET state = :v_state, task_id = :v_task_id, "
+                "api_status = :v_api_status, submitted_at = :v_submitted_at, "
+                "updated_at = :v_updated_at WHERE {scope} row_id = :row_id "
+                "AND (task_id IS NULL OR task_id = :v_task_id)",
+                {**{f"v_{k}": v for k, v in values.items()}, "row_id": row_id},
+            )
+            if count == 1:
+                detail = {k: v for k, v in values.items() if k != "updated_at"}
+                self._event_in(tx, row_id, "submitted", detail, now)
+                return True
+            _, found = tx.run(
+                "SELECT row_id FROM {rows} WHERE {scope} row_id = :row_id", {"row_id": row_id}
+            )
+            if not found:
+                raise KeyError(f"row {row_id!r} is not in the ledger")
+            self._event_in(tx, row_id, "second-task", {"task_id": task_id, "status": status}, now)
+            return False
 
     def mark_doubtful_as_unknown(self) -> list[str]:
         """Rows left in `intent` by a dead process: their POST outcome is unknown.
@@ -605,6 +629,7 @@ class Ledger:
         *,
         lease_s: float,
         states: Iterable[str] = CLAIMABLE,
+        unknown_before: float | None = None,
     ) -> Claim:
         """Lease up to `limit` rows that need work (`states`, in manifest order) to `owner`.
 
@@ -615,7 +640,9 @@ class Ledger:
         time. Rows caught in `intent` (a POST under way) whose lease ran out become `unknown`
         in the same transaction and are listed in `Claim.unknown`: never handed out by this
         claim, even one whose `states` include `unknown` (a person's resend decision is about
-        the rows they saw), since their POST may have made a paid task. Rows in `intent`
+        the rows they saw), since their POST may have made a paid task; with `unknown_before`
+        (the run's start, when it resends unknown rows) no later claim of that run hands them
+        out either: only rows already `unknown` by then are the person's decision. Rows in `intent`
         under a live lease are left alone. The lease clock is the database's on PostgreSQL
         (one clock for every worker), this machine's on SQLite."""
         if limit < 0 or not lease_s >= 0:
@@ -638,6 +665,9 @@ class Ledger:
                 not_these.replace(" AND row_id IN", " AND row_id NOT IN") + " " if unknown else ""
             )
             params.update(fresh_params)
+            if unknown_before is not None:
+                fresh += "AND (state <> :unknown OR updated_at <= :unknown_before) "
+                params.update(unknown=str(State.UNKNOWN), unknown_before=unknown_before)
             _, rows = tx.run(
                 # Picked once, in a materialised CTE: as an IN (subquery) PostgreSQL may run
                 # the pick again per row and lease more than `limit`.

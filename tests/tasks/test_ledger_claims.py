@@ -5,6 +5,7 @@ Tests taking `site` run on both backends; the SKIP LOCKED test is PostgreSQL's o
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
@@ -197,3 +198,41 @@ def test_the_stop_flag_is_seen_by_every_run_of_the_batch(site: LedgerSite) -> No
             one.stop_batch("oops", "x")
         other.clear_stop()
         assert one.stopped() is None
+
+
+def test_a_run_resending_unknown_rows_never_claims_one_it_saw_turn_unknown(
+    site: LedgerSite,
+) -> None:
+    """With unknown_before (the run's start), a later claim of a resending run skips a row
+    that turned unknown during the run (another run's POST may still be answering), while a
+    row unknown before the run started is handed out."""
+    with site.run() as ledger:
+        _batch(ledger, 3)
+        ledger.claim("old", 1, lease_s=600)
+        _intent(ledger, "r00", owner="old")
+        ledger.renew_lease("old", lease_s=0)
+        ledger.claim("sweeper", 0, lease_s=600)  # r00 unknown before the resending run starts
+        started = time.time()
+        ledger.claim("slow", 1, lease_s=600)
+        _intent(ledger, "r01", owner="slow")
+        ledger.renew_lease("slow", lease_s=0)  # its lease runs out while its POST is out
+        wanted = CLAIMABLE | {State.UNKNOWN}
+        first = ledger.claim("resender", 1, lease_s=600, states=wanted, unknown_before=started)
+        assert first.unknown == ["r01"]
+        later = ledger.claim("resender", 5, lease_s=600, states=wanted, unknown_before=started)
+        handed = {r.row_id for r in first.rows} | {r.row_id for r in later.rows}
+        assert handed == {"r00", "r02"}, "r01 turned unknown during the run: not resent"
+
+
+def test_a_late_answer_never_overwrites_the_task_a_row_already_holds(site: LedgerSite) -> None:
+    """A second task for one row (a late answer after a resend) is kept in an event and the
+    first task stays the row's, so neither paid video is forgotten."""
+    with site.run() as ledger:
+        _batch(ledger, 1)
+        _intent(ledger, "r00")
+        assert ledger.record_submitted("r00", task_id="task-A", status="submitted")
+        assert not ledger.record_submitted("r00", task_id="task-B", status="submitted")
+        assert ledger.get("r00").task_id == "task-A"  # type: ignore[union-attr]
+        kinds = [(e["kind"], e["detail"]) for e in ledger.events("r00")]
+        assert kinds[-1][0] == "second-task" and "task-B" in kinds[-1][1]
+        assert ledger.record_submitted("r00", task_id="task-A", status="submitted"), "same task"
