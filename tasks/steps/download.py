@@ -27,6 +27,7 @@ never the proof for a store location.
 from __future__ import annotations
 
 import time
+import weakref
 from pathlib import Path
 
 from apimart.download import DownloadUnavailable
@@ -39,7 +40,7 @@ from tasks.store.atomic import replace_durably
 
 # Re-exported: callers have long imported it from here.
 from tasks.store.hashing import file_sha256 as file_sha256
-from tasks.store.ledger import RowRecord
+from tasks.store.ledger import Ledger, RowRecord
 from tasks.store.probe import VideoUnreadable, probe_video
 from tasks.store.states import DOWNLOADABLE, State
 from tasks.store.storage import RemoteOutput, is_url, open_output
@@ -56,12 +57,20 @@ def staging_path(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.verifying")
 
 
+# One store client per run, not per row (building one may ask the bucket for its region).
+# Keyed by the run's ledger, which lives exactly as long as the run: the run's credentials
+# never outlive it, and a later run in this process builds its own.
+_OUTPUTS: weakref.WeakKeyDictionary[Ledger, RemoteOutput | None] = weakref.WeakKeyDictionary()
+
+
 def remote_output(runtime: Runtime) -> RemoteOutput | None:
     """The object store the run's videos go to, or None for a local folder."""
     if not is_url(runtime.options.out):
         return None
-    output = open_output(runtime.options.out)
-    return output if isinstance(output, RemoteOutput) else None
+    if runtime.ledger not in _OUTPUTS:
+        output = open_output(runtime.options.out)
+        _OUTPUTS[runtime.ledger] = output if isinstance(output, RemoteOutput) else None
+    return _OUTPUTS[runtime.ledger]
 
 
 def stored_sizes(output: RemoteOutput) -> dict[str, int]:
