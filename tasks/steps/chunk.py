@@ -376,6 +376,9 @@ async def _run_claimed(
     lanes = Lanes.for_run(runtime, on_row_done)
     holding: set[str] = set()
     outcomes: list[dict[str, int] | BaseException] = []
+    # A person's --resubmit-unknown is about the rows unknown when they asked: a row that
+    # turns unknown during this run (a dead run's POST) is never resent by it.
+    unknown_before = time.time() if runtime.options.resubmit_unknown else None
     _reopen_missing_videos(runtime, wanted)
     renewer = asyncio.create_task(_keep_leases(runtime, owner, holding))
 
@@ -384,7 +387,9 @@ async def _run_claimed(
             obey_batch_stop(runtime)
             if _no_more_claims(runtime):
                 return None
-            claim = ledger.claim(owner, size, lease_s=LEASE_S, states=states)
+            claim = ledger.claim(
+                owner, size, lease_s=LEASE_S, states=states, unknown_before=unknown_before
+            )
             if claim.unknown:
                 log.warning(
                     "rows left mid-POST by a run that stopped renewing its lease are now unknown "
