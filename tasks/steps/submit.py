@@ -212,7 +212,8 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
             error_message=gate.throttled_out,
         )
         return State.PENDING
-    if not budget.reserve(estimate, row_id):
+
+    def over_budget() -> str:
         if doubtful:
             ledger.update(
                 row_id,
@@ -235,6 +236,19 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
         )
         return State.SKIPPED_BUDGET
 
+    if not budget.reserve(estimate, row_id):
+        return over_budget()
+    # Whether this POST's estimate is reserved now. A 429 gives it back for the pause (the row
+    # is pending, no money at risk), so every later round reserves again before its intent:
+    # another run of the batch may have spent the cap meanwhile.
+    held = True
+
+    def give_back() -> None:
+        nonlocal held
+        if held:
+            budget.release(estimate, row_id)
+            held = False
+
     def not_sent(state: str, event: str, *, settles_doubt: bool = False, **fields: Any) -> str:
         """This POST certainly created nothing: give its reservation back.
 
@@ -243,7 +257,7 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
         doubt; then no earlier POST of the row is counted any more either.
         The attempt number is kept, so `--retry-failed` is not undone by a skip.
         """
-        budget.release(estimate, row_id)
+        give_back()
         if doubtful and not settles_doubt:
             ledger.update(row_id, event, state=State.UNKNOWN, **as_before, **fields)
             return State.UNKNOWN
@@ -279,6 +293,11 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
                 error_code="rate_limited",
                 error_message=gate.throttled_out,
             )
+        nonlocal held
+        if not held:
+            if not budget.reserve(estimate, row_id):
+                return over_budget()
+            held = True
         try:
             ledger.record_intent(
                 row_id,
@@ -292,12 +311,12 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
                 owner=lease_owner(runtime),
             )
         except LeaseLost as exc:
-            budget.release(estimate, row_id)  # nothing left: the intent was never written
+            give_back()  # nothing left: the intent was never written
             log.warning("row %s: %s", row_id, exc)
             current = ledger.get(row_id)
             return current.state if current else State.PENDING
         except Exception:
-            budget.release(estimate, row_id)  # nothing left: the intent was never written
+            give_back()  # nothing left: the intent was never written
             raise
         try:
             result = await _shielded(_post_and_record(runtime, row_id, request, key))
@@ -329,6 +348,7 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
             # Out of `intent` while everyone pauses: a crash now must not read as a doubtful POST.
             back = State.UNKNOWN if doubtful else State.PENDING
             ledger.update(row_id, "throttled", state=back, error_code="rate_limited", **as_before)
+            give_back()
             log.warning("row %s: throttled; all submits pause %.1fs", row_id, pause)
             return None
         except ConnectError as exc:
