@@ -382,14 +382,17 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
         except PaymentRequiredError as exc:
             gate.answered()
             gate.payment_exhausted = True
-            _stop_batch(runtime, "payment", f"balance exhausted (402): {exc}")
-            log.error("balance exhausted (402): no new submissions; in-flight tasks continue")
-            return not_sent(
+            # The row first: a 402 created nothing, and a failing flag write must not leave
+            # the row in `intent`, where it reads as money at risk.
+            state = not_sent(
                 State.SKIPPED_PAYMENT,
                 "payment-required",
                 error_code="payment_required",
                 error_message=str(exc),
             )
+            _stop_batch(runtime, "payment", f"balance exhausted (402): {exc}")
+            log.error("balance exhausted (402): no new submissions; in-flight tasks continue")
+            return state
         except BadRequestError as exc:
             gate.answered()
             log.error("row %s: rejected by the API: %s", row_id, exc)
