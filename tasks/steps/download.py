@@ -26,6 +26,7 @@ never the proof for a store location.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from pathlib import Path
@@ -99,11 +100,14 @@ def stored_intact(output: RemoteOutput, record: RowRecord) -> bool:
     return size is not None and (record.video_bytes is None or size == record.video_bytes)
 
 
-def _upload(runtime: Runtime, output: RemoteOutput, row_id: str, path: Path, sha256: str) -> str:
+async def _upload(
+    runtime: Runtime, output: RemoteOutput, row_id: str, path: Path, sha256: str
+) -> str:
     """Put the verified file in the store; the row stays `downloaded` only if that worked."""
     key = video_relpath(row_id)
     try:
-        output.put_file(path, key, sha256=sha256)
+        # Off the event loop: a large upload must not hold polling and lease renewals.
+        await asyncio.to_thread(output.put_file, path, key, sha256=sha256)
     except (StorageError, OSError) as exc:
         return mark_download_failed(
             runtime,
@@ -114,14 +118,14 @@ def _upload(runtime: Runtime, output: RemoteOutput, row_id: str, path: Path, sha
     return State.DOWNLOADED
 
 
-def _staged_upload(runtime: Runtime, output: RemoteOutput, record: RowRecord) -> str | None:
+async def _staged_upload(runtime: Runtime, output: RemoteOutput, record: RowRecord) -> str | None:
     """A verified video whose upload failed or never happened: upload the kept file, or None
     when no local file with the recorded hash is left (the video is fetched again)."""
     if not record.video_sha256:
         return None
     path = runtime.out / video_relpath(record.row_id)
     for candidate in (path, staging_path(path)):
-        if candidate.is_file() and file_sha256(candidate) == record.video_sha256:
+        if candidate.is_file() and await _sha256(candidate) == record.video_sha256:
             if candidate != path:
                 replace_durably(candidate, path)
             if record.state != State.DOWNLOADED:
@@ -134,11 +138,16 @@ def _staged_upload(runtime: Runtime, output: RemoteOutput, record: RowRecord) ->
                         record.error_message if record.error_code == "video_mismatch" else None
                     ),
                 )
-            return _upload(runtime, output, record.row_id, path, record.video_sha256)
+            return await _upload(runtime, output, record.row_id, path, record.video_sha256)
     return None
 
 
-def already_verified(runtime: Runtime, row_id: str) -> bool:
+async def _sha256(path: Path) -> str:
+    """The file's hash, read off the event loop (a large video takes seconds)."""
+    return await asyncio.to_thread(file_sha256, path)
+
+
+async def already_verified(runtime: Runtime, row_id: str) -> bool:
     """The row's video is on disk with the hash the ledger recorded: nothing to fetch.
 
     A verified video still under its hidden name (the run died between recording it and the
@@ -149,12 +158,12 @@ def already_verified(runtime: Runtime, row_id: str) -> bool:
         return False
     remote = remote_output(runtime)
     if remote is not None:
-        return stored_intact(remote, record)
+        return await asyncio.to_thread(stored_intact, remote, record)
     path = runtime.out / (record.video_path or video_relpath(row_id))
     if path.is_file():
-        return file_sha256(path) == record.video_sha256
+        return await _sha256(path) == record.video_sha256
     staged = staging_path(path)
-    if staged.is_file() and file_sha256(staged) == record.video_sha256:
+    if staged.is_file() and await _sha256(staged) == record.video_sha256:
         replace_durably(staged, path)
         return True
     return False
@@ -177,13 +186,13 @@ async def download_row(runtime: Runtime, row_id: str) -> str:
     record = runtime.ledger.get(row_id)
     if record is None or record.task_id is None:
         return record.state if record else State.PENDING
-    if record.state == State.DOWNLOADED and already_verified(runtime, row_id):
+    if record.state == State.DOWNLOADED and await already_verified(runtime, row_id):
         return State.DOWNLOADED
     if record.state not in DOWNLOADABLE:
         return record.state
     remote = remote_output(runtime)
     if remote is not None:
-        uploaded = _staged_upload(runtime, remote, record)
+        uploaded = await _staged_upload(runtime, remote, record)
         if uploaded is not None:
             return uploaded
     dest = runtime.out / video_relpath(row_id)
@@ -225,7 +234,8 @@ async def _fetch_and_verify(runtime: Runtime, row_id: str, task_id: str, dest: P
             log.info("row %s: link expired or refused, asking the API for a fresh one", row_id)
     else:  # pragma: no cover - the loop always breaks or returns
         raise AssertionError("unreachable")
-    return _verify(runtime, row_id, dest, result.sha256, result.bytes, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    return await _verify(runtime, row_id, dest, result.sha256, result.bytes, seconds)
 
 
 def undecodable_path(dest: Path) -> Path:
@@ -233,14 +243,14 @@ def undecodable_path(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.undecodable")
 
 
-def _verify(
+async def _verify(
     runtime: Runtime, row_id: str, dest: Path, sha256: str, size: int, seconds: float
 ) -> str:
     row = runtime.row(row_id)
     assert row.request is not None
     kept, staged = undecodable_path(dest), staging_path(dest)
     try:
-        info = probe_video(staged)
+        info = await asyncio.to_thread(probe_video, staged)
     except VideoUnreadable as exc:
         # Keep the bytes we paid for out of sight, so no .mp4 in videos/ is unverified and a
         # person can still look at them.
@@ -274,7 +284,7 @@ def _verify(
         run_logger().warning("row %s: video differs from the request: %s", row_id, mismatch)
     remote = remote_output(runtime)
     if remote is not None:
-        return _upload(runtime, remote, row_id, dest, sha256)
+        return await _upload(runtime, remote, row_id, dest, sha256)
     return State.DOWNLOADED
 
 
