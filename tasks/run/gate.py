@@ -149,7 +149,9 @@ class Budget:
         self.committed += estimate
         return True
 
-    def release(self, estimate: float, row_id: str | None = None) -> None:
+    def release(
+        self, estimate: float, row_id: str | None = None, *, owner: str | None = None
+    ) -> None:
         self.committed -= estimate
 
     def settle(self, estimate: float, real: float | None) -> None:
@@ -176,9 +178,13 @@ class LedgerBudget(Budget):
         self.committed += estimate
         return True
 
-    def release(self, estimate: float, row_id: str | None = None) -> None:
+    def release(
+        self, estimate: float, row_id: str | None = None, *, owner: str | None = None
+    ) -> None:
+        """Give the reservation back; `owner` (the run's lease owner on a shared batch) fences
+        the write, so a run that lost the row leaves the new owner's reservation alone."""
         # After its intent the reservation is gone already (the estimate is the row's own,
         # and the row's state says whether it is still at risk): dropping it is then a no-op.
         self.committed -= estimate
         if self.ledger is not None and row_id is not None:
-            self.ledger.release_budget(row_id)
+            self.ledger.release_budget(row_id, owner=owner)

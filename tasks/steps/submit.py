@@ -246,7 +246,7 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
     def give_back() -> None:
         nonlocal held
         if held:
-            budget.release(estimate, row_id)
+            budget.release(estimate, row_id, owner=lease_owner(runtime))
             held = False
 
     def not_sent(state: str, event: str, *, settles_doubt: bool = False, **fields: Any) -> str:

@@ -768,13 +768,16 @@ class Ledger:
                 raise KeyError(f"row {row_id!r} is not in the ledger")
         return True
 
-    def release_budget(self, row_id: str) -> None:
-        """Drop the row's reservation (it will not be sent after all)."""
+    def release_budget(self, row_id: str, *, owner: str | None = None) -> None:
+        """Drop the row's reservation (it will not be sent after all). A run that claims rows
+        passes `owner`: the reservation is dropped only while the row is still leased to it,
+        so a run that lost the row never wipes the reservation of the run that took it over."""
+        fence = "" if owner is None else " AND lease_owner = :owner"
         with self._write() as tx:
             tx.run(
                 "UPDATE {rows} SET reserved_cost = NULL, reserved_until = NULL "
-                "WHERE {scope} row_id = :row_id",
-                {"row_id": row_id},
+                f"WHERE {{scope}} row_id = :row_id{fence}",
+                {"row_id": row_id, "owner": owner},
             )
 
     def reserved_cost(self) -> float:

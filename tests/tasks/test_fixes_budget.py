@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tasks.run.gate import LedgerBudget, SubmitGate
 from tasks.run.options import RunOptions
 from tasks.run.runtime import Runtime
 from tasks.steps.submit import submit_row
-from tasks.store.ledger import Ledger, State
+from tasks.store.ledger import Ledger, State, connect_ledger
 from tasks.store.manifest import read_manifest
 
 KEY = "sk-fixes-budget-canary-71c3"
@@ -105,3 +106,55 @@ async def test_a_row_throttled_by_a_429_reserves_again_before_its_next_post(
         assert ledger.committed_cost() == pytest.approx(CAP)
         assert ledger.reserved_cost() == 0
         assert sorted(sb.state.counters.snapshot()["tasks_created_by_prompt"]) == ["a blue bird"]
+
+
+def test_a_run_that_lost_the_row_cannot_release_the_new_owners_reservation(
+    site: LedgerSite,
+) -> None:
+    """`release_budget(owner=)` drops a reservation only while the row is leased to that
+    owner: the run whose lease ran out leaves the reservation of the run that took over."""
+    with site.ledger() as ledger:
+        ledger.ensure("r0", 0)
+        assert [r.row_id for r in ledger.claim("A", 1, lease_s=0).rows] == ["r0"]
+        assert ledger.reserve_budget("r0", 0.1, cap=CAP, hold_s=600)
+        assert [r.row_id for r in ledger.claim("B", 1, lease_s=600).rows] == ["r0"]
+        assert ledger.reserve_budget("r0", 0.1, cap=CAP, hold_s=600)
+        ledger.release_budget("r0", owner="A")
+        assert ledger.reserved_cost() == pytest.approx(0.1)
+        ledger.release_budget("r0", owner="B")
+        assert ledger.reserved_cost() == 0
+
+
+async def test_a_send_refused_for_a_lost_lease_keeps_the_new_owners_reservation(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A run whose lease ran out between reserving and its intent sends nothing and gives
+    back only its own reservation, not the one the run that took the row over made."""
+    manifest = write_manifest(tmp_path / "m.csv", prompt_rows(["a red fox"], resolution="720p"))
+    options = RunOptions(
+        manifest=str(manifest), out=str(tmp_path / "out"), max_cost=CAP, submit_rate=1000
+    )
+    config = SandboxConfig(api_key=KEY, time_scale=0.002)
+    batch = f"lost-{uuid.uuid4().hex[:8]}"
+    with (
+        run_in_thread(config) as sb,
+        connect_ledger(pg_url, batch=batch) as ledger,
+        connect_ledger(pg_url, batch=batch) as heir,
+    ):
+        ledger.ensure("r0", 0)
+        assert [r.row_id for r in ledger.claim("A", 1, lease_s=0).rows] == ["r0"]
+        async with AsyncAPIMartClient(base_url=sb.url, api_key=KEY) as client:
+            runtime = _runtime("A", ledger, client, options)
+            # The first POST of a run goes through this lock: holding it stops A after its
+            # reservation and before its intent, while its lease (0 s) has run out.
+            async with runtime.gate._first_post:
+                run_a = asyncio.create_task(submit_row(runtime, "r0"))
+                deadline = time.monotonic() + 30
+                while ledger.reserved_cost() == 0:
+                    assert time.monotonic() < deadline, "run A never reserved"
+                    await asyncio.sleep(0.01)
+                assert [r.row_id for r in heir.claim("B", 1, lease_s=600).rows] == ["r0"]
+                assert heir.reserve_budget("r0", 0.1, cap=CAP, hold_s=600)
+            assert await asyncio.wait_for(run_a, timeout=30) == State.PENDING
+        assert heir.reserved_cost() == pytest.approx(0.1)
+        assert sb.state.counters.snapshot()["submit_requests"] == 0
