@@ -16,7 +16,7 @@ from typing import Any
 from prefect import flow
 
 from tasks.present.artifacts import Progress, artifact_key, publish_estimate, publish_results
-from tasks.present.report import write_report
+from tasks.present.report import REPORT_FILE, write_report
 from tasks.present.summary import flow_outcome
 from tasks.run.gate import RunStopped
 from tasks.run.lifecycle import (
@@ -31,7 +31,9 @@ from tasks.run.options import RunOptions
 from tasks.run.polling import eta_of, open_poller
 from tasks.run.runtime import run_logger
 from tasks.steps.chunk import run_in_chunks
+from tasks.steps.download import remote_output
 from tasks.store.manifest import read_manifest
+from tasks.store.storage import is_url
 
 
 @flow(name="generate-videos", log_prints=False, validate_parameters=True)
@@ -69,7 +71,14 @@ async def generate(options: RunOptions, *, transport: Transport | None = None) -
             await progress.start()
             outcomes = await run_in_chunks(runtime, rows, progress.row_done)
         table = finish_run(runtime, check)
-        report = write_report(runtime.out, table) if options.report else None
+        report = None
+        if options.report and is_url(options.out):
+            # `finish_run` wrote it into the store: link to that one, not a staging copy.
+            remote = remote_output(runtime)
+            assert remote is not None
+            report = remote.url(REPORT_FILE)
+        elif options.report:
+            report = write_report(runtime.out, table)
         markdown = await publish_results(
             table, key=artifact_key(options.out), title=f"videobatch {options.out}", report=report
         )
