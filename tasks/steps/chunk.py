@@ -72,6 +72,13 @@ TAKEOVER_WAIT_S = 2 * LEASE_S
 _ON_THEIR_WAY = frozenset({State.PENDING, State.INTENT, State.SUBMITTED, State.COMPLETED})
 
 
+def lookahead(concurrency: int) -> int:
+    """How many chunks may wait for slots: up to LOOKAHEAD, and no more than a quarter of the
+    concurrency (at least 2), since on a shared batch every started chunk holds claimed rows
+    that another run could be working on."""
+    return min(LOOKAHEAD, max(2, concurrency // 4))
+
+
 def rows_per_chunk(rows: int) -> int:
     """The fewest rows per chunk that keep the chunks of `rows` rows within MAX_TASK_RUNS."""
     return max(1, math.ceil(rows / MAX_TASK_RUNS))
@@ -114,7 +121,12 @@ class Lanes:
     def for_run(cls, runtime: Runtime, on_row_done: Callable[[str], Awaitable[None]]) -> Lanes:
         concurrency = runtime.options.concurrency
         # Downloads run outside the generation slots, so they get a bound of their own.
-        return cls(asyncio.Semaphore(concurrency), asyncio.Semaphore(concurrency), on_row_done)
+        return cls(
+            asyncio.Semaphore(concurrency),
+            asyncio.Semaphore(concurrency),
+            on_row_done,
+            asyncio.Semaphore(lookahead(concurrency)),
+        )
 
 
 class _Fed:
