@@ -74,9 +74,9 @@ _ON_THEIR_WAY = frozenset({State.PENDING, State.INTENT, State.SUBMITTED, State.C
 
 def lookahead(concurrency: int) -> int:
     """How many chunks may wait for slots: up to LOOKAHEAD, and no more than a quarter of the
-    concurrency (at least 2), since on a shared batch every started chunk holds claimed rows
-    that another run could be working on."""
-    return min(LOOKAHEAD, max(2, concurrency // 4))
+    concurrency (at least 4, as before), since on a shared batch every started chunk holds
+    claimed rows that another run could be working on."""
+    return min(LOOKAHEAD, max(4, concurrency // 4))
 
 
 def rows_per_chunk(rows: int) -> int:
