@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 from types import UnionType
@@ -22,6 +21,7 @@ from pydantic.fields import FieldInfo
 # RunOptions (pydantic, no Prefect) is imported at start-up: the flags are generated from it.
 from tasks.run import environment
 from tasks.run.options import RunOptions
+from tasks.store.locations import is_url
 from videobatch import console, ops
 
 app = typer.Typer(
@@ -50,14 +50,13 @@ RUN_OPTIONS = tuple(name for name in RunOptions.model_fields if name != "manifes
 # (given as paths, so `out/demo/` and `./out/demo` are the folder `out/demo`, as before).
 _SHORT_FLAGS = {"out": "-o"}
 _FOLDERS = frozenset({"out", "assets"})
+
+
 # `s3://bucket/prefix` is a location, not a path: Path() would fold it into `s3:/bucket/prefix`,
 # a local folder, and a later run into the real URL would open another ledger and pay again.
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
 def _location(text: str) -> str:
     """A URL as given; a path normalised (`out/demo/` and `./out/demo` are `out/demo`)."""
-    return text if _URL.match(text) else str(Path(text))
+    return text if is_url(text) else str(Path(text))
 
 
 _RULES = (

@@ -78,6 +78,7 @@ import pyarrow.fs as pafs
 from apimart.redact import scrub
 from tasks.errors import StorageError
 from tasks.store.atomic import write_atomically
+from tasks.store.locations import is_url as is_url
 
 __all__ = [
     "LocalOutput",
@@ -102,7 +103,6 @@ SECRET_ENV: Final = (
     "AZURE_STORAGE_SAS_TOKEN",
     "AZURE_CLIENT_SECRET",
 )
-_URL: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _REMOTE_TEMP: Final = re.compile(r"^\..+\.[0-9a-f]{32}\.upload$")
 # What tasks.store.atomic leaves behind for a moment (mkstemp: `.<name>.<random>.tmp`).
 _LOCAL_TEMP: Final = re.compile(r"^\..+\.tmp$")
@@ -118,11 +118,6 @@ class S3Credentials:
 
     def secrets(self) -> tuple[str | None, ...]:
         return (self.access_key, self.secret_key, self.session_token)
-
-
-def is_url(location: object) -> bool:
-    """True for a `scheme://...` string (a Path, or a plain path string, is local)."""
-    return isinstance(location, str) and bool(_URL.match(location))
 
 
 def open_output(
