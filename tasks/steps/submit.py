@@ -34,7 +34,8 @@ from apimart.models import SubmitResult, VideoRequest
 from tasks.errors import TaskNotRecorded
 from tasks.run.options import RunOptions
 from tasks.run.runtime import Runtime, run_logger
-from tasks.store.ledger import LeaseLost, Ledger, RowRecord, request_hash
+from tasks.store.hashing import request_hash
+from tasks.store.ledger import LeaseLost, Ledger, RowRecord
 from tasks.store.states import DOUBTFUL, State, parse_state
 
 # How often one row is re-queued after 429s that outlasted the client's own retries.

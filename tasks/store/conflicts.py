@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks.store.ledger import NEVER_SENT, RowRecord, State, request_hash
+from tasks.store.hashing import request_hash
+from tasks.store.ledger import NEVER_SENT, RowRecord, State
 from tasks.store.states import UNPAID_ENDS
 
 if TYPE_CHECKING:

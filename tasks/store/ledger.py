@@ -80,12 +80,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-from apimart.models import VideoRequest
 from tasks.errors import LeaseLost as LeaseLost
 from tasks.errors import LedgerLocked, RunRefused
 
 # The states and their groupings live in tasks.store.states; they are re-exported here so code that
 # has always imported them from the ledger keeps working.
+from tasks.store.hashing import request_hash as request_hash
 from tasks.store.states import AT_RISK
 from tasks.store.states import DOUBTFUL as DOUBTFUL
 from tasks.store.states import NEVER_SENT as NEVER_SENT
@@ -219,14 +219,6 @@ class _SqliteTx:
         cursor = self._db.execute(self._ledger._q(sql), {"batch": self._ledger.batch, **params})
         rows = cursor.fetchall()
         return cursor.rowcount, rows
-
-
-def request_hash(request: VideoRequest) -> str:
-    """A stable fingerprint of what a row asks for (images by content, not by bytes stored)."""
-    payload = request.to_payload()
-    payload["image_urls"] = [hashlib.sha256(u.encode()).hexdigest() for u in request.image_urls]
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()
 
 
 class FolderLock:
