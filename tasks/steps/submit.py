@@ -95,7 +95,7 @@ async def _shielded(post: Coroutine[Any, Any, SubmitResult]) -> SubmitResult:
 def shares_batch(ledger: Ledger) -> bool:
     """Whether the ledger is one batch of a shared database (rows are claimed), rather than
     a folder's own SQLite file (the folder lock makes the run its only writer)."""
-    return bool(ledger.batch)
+    return ledger.shared
 
 
 def lease_owner(runtime: Runtime) -> str | None:

@@ -329,6 +329,12 @@ class Ledger:
         self._db.row_factory = sqlite3.Row
         self._columns = {r[1] for r in self._db.execute("PRAGMA table_info(rows)").fetchall()}
 
+    @property
+    def shared(self) -> bool:
+        """Whether several runs may work on this ledger at once, each claiming its rows with
+        leases (a batch of a shared database), rather than one run under the folder lock."""
+        return bool(self.batch)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.folder)!r}, readonly={self.readonly})"
 
