@@ -20,6 +20,7 @@ from tasks.present.report import REPORT_FILE, write_report
 from tasks.present.summary import flow_outcome
 from tasks.run.gate import RunStopped
 from tasks.run.lifecycle import (
+    ShareBatch,
     Transport,
     estimate_run,
     finish_run,
@@ -37,18 +38,32 @@ from tasks.store.storage import is_url
 
 
 @flow(name="generate-videos", log_prints=False, validate_parameters=True)
-async def generate_videos(options: RunOptions) -> dict[str, Any]:
-    """Generate one video per manifest row; resumable, and never pays twice for a row."""
-    return await generate(options)
+async def generate_videos(
+    options: RunOptions, share_batch: ShareBatch | None = None
+) -> dict[str, Any]:
+    """Generate one video per manifest row; resumable, and never pays twice for a row.
+
+    Args:
+        options: How the manifest is run.
+        share_batch: Run as one member of a batch other runs share (`generate-sharded` sets
+            it): "folder" for the output folder's ledger (members on one machine),
+            "database" for the batch of VIDEOBATCH_LEDGER_URL. Unset: a plain run.
+    """
+    return await generate(options, share_batch=share_batch)
 
 
-async def generate(options: RunOptions, *, transport: Transport | None = None) -> dict[str, Any]:
+async def generate(
+    options: RunOptions,
+    *,
+    transport: Transport | None = None,
+    share_batch: ShareBatch | None = None,
+) -> dict[str, Any]:
     """The body of `generate-videos`. `transport` carries the client's requests instead of
     the network (the sandbox app over `httpx.ASGITransport`, for flows run in one process);
     it is not a flow parameter, since flow parameters are stored on the server."""
     if options.dry_run:
         return await _estimate_only(options)
-    async with open_run(options, transport=transport) as runtime:
+    async with open_run(options, transport=transport, share_batch=share_batch) as runtime:
         log = run_logger()
         # Computed once: rows it holds are never touched, so it holds all run long.
         check = ledger_conflicts(runtime.manifest, runtime.ledger.all())

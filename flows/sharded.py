@@ -1,15 +1,20 @@
-"""`generate-sharded`: one large manifest as K `generate-videos` runs any worker can take.
+"""`generate-sharded`: K `generate-videos` runs on one batch, any worker's, and wait for them.
 
-Wiring only: the shards are planned and merged by `tasks.run.shards` and run to the end by
-`flows.shard_runs`, each through `run_deployment`, so the work pool hands it to whichever worker,
-on whichever machine, is free. Running it again with the same options resumes every shard from
-its own ledger; nothing is paid twice.
+Wiring only. Every member run gets the same options (the same manifest, the same output
+location) and shares one ledger: the database batch named by VIDEOBATCH_LEDGER_URL (members
+on any machines), or without one the output folder's SQLite ledger (members on this machine,
+holding the folder lock shared). Each member claims chunks of rows with leases, the budget is
+the ledger's one reservation, and a 401/402 stops the whole batch (`tasks.steps.chunk`,
+`tasks.run.gate`). No plan, no per-shard manifests: nothing that can be rewritten under a
+member that spent money. Members are started and watched by `flows.shard_runs` (a dead one is
+found by its silent heartbeat, its rows taken over by the others; rows left after a round get
+replacement members). Running it again with the same options resumes the batch.
 
-The output folder is sharded or nothing: a folder holding a plain run (`OUT/ledger.sqlite`) is
-refused before anything is planned. With `options.dry_run` nothing is planned on disk and
-nothing is sent: the manifest is validated and estimated, and the estimate published.
-`resubmit_unknown` and `retry_failed` are a person's decision for this run: they reach the first
-run of each shard only, never a shard started again after a crash (see `flows.shard_runs`).
+A folder made by an earlier videobatch's sharded runs (`OUT/shards.json`, `OUT/shards/`, a
+ledger per shard) is refused before anything starts; the read-only commands still read it.
+With `options.dry_run` nothing starts and nothing is written: the manifest is validated and
+estimated, and the estimate published. `resubmit_unknown` and `retry_failed` reach the first
+members only, never a replacement.
 """
 
 from __future__ import annotations
@@ -22,18 +27,24 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from flows.shard_runs import ShardWatch, run_shard
-from tasks.errors import ShardsIncomplete
+from flows.shard_runs import CachedBeats, ShardWatch, run_members
+from tasks.errors import LedgerLocked, ManifestConflict, ShardsIncomplete
 from tasks.present.artifacts import artifact_key, publish_estimate, publish_results
-from tasks.present.report import write_report
 from tasks.present.summary import flow_outcome
-from tasks.run.lifecycle import estimate_run
+from tasks.run.lifecycle import (
+    batch_conflict,
+    batch_results,
+    batch_share,
+    estimate_run,
+    member_ages,
+    rows_left,
+)
 from tasks.run.options import RunOptions
 from tasks.run.runtime import run_logger
-from tasks.run.shards import ShardPlanError, merge_shards, plan_shards, saved_plan
-from tasks.store.hashing import file_sha256
+from tasks.run.shards import folder_holder
 from tasks.store.layout import require_layout
 from tasks.store.manifest import read_manifest
+from tasks.store.storage import is_url
 
 SHARD_DEPLOYMENT = "generate-videos/generate-videos"
 
@@ -46,67 +57,85 @@ async def generate_sharded(
     attempts: Annotated[int, Field(ge=1, le=20)] = 3,
     dead_after: Annotated[float, Field(ge=5)] = 60.0,
 ) -> dict[str, Any]:
-    """Split the manifest into shards, run each as a deployment, merge the results in order.
+    """Run the manifest as `shards` member runs of one batch, then write the batch's results.
 
     Args:
-        options: How the manifest is run; `max_cost` is shared out among the shards.
-        shards: How many shards; the first run into an output folder fixes it.
-        deployment: The deployment that runs one shard.
-        attempts: Most flow runs started per shard (a crashed shard is started again).
-        dead_after: Seconds a shard run may read Pending or Running with nobody holding its
-            folder before it is taken for dead (its worker was killed) and started again;
-            keep it well above the 5-15 s a flow run takes to start.
+        options: How the manifest is run, the same for every member; `max_cost` is the
+            batch's, which all members together never pass.
+        shards: How many member runs work on the batch at once.
+        deployment: The `generate-videos` deployment a member runs as.
+        attempts: Most member runs started per slot (replacements of dead or failed ones).
+        dead_after: Seconds a member may read Pending or Running with no heartbeat in the
+            batch's ledger before it is taken for dead (its worker was killed) and marked
+            Crashed; keep it well above the 5-15 s a flow run takes to start.
     """
     log = run_logger()
     if options.dry_run:
         return await _estimate_only(options, shards)
-    plan = plan_shards(options, shards)
-    for line in plan.stale:
-        log.warning("%s", line)
-    parent = str(flow_run.get_id() or "local")
-    parent_name = str(flow_run.get_name() or "sharded")
-    log.info("%d shards of %s into %s", len(plan.shards), plan.source, plan.out)
-    watch = ShardWatch(deployment=deployment, attempts=attempts, dead_after=dead_after)
-    outcomes = await asyncio.gather(
-        *(
-            run_shard(k, shard, watch=watch, parent=parent, parent_name=parent_name)
-            for k, shard in enumerate(plan.shards)
-        )
+    share = batch_share(options.out)
+    manifest = read_manifest(options.manifest, assets=options.assets)
+    refusal = batch_conflict(options, manifest, share)
+    if refusal:
+        raise ManifestConflict(refusal)
+    if share == "folder":
+        holder = folder_holder(Path(options.out))  # only a plain run holds the lock exclusive
+        if holder is not None:
+            raise LedgerLocked(
+                f"{options.out} is in use by {holder} (a plain run, which must be the folder's "
+                "only writer); wait for it to finish or stop it. Nothing was sent."
+            )
+    count = max(1, min(shards, len(manifest.valid_rows)))
+    log.info(
+        "%d member runs of %s into %s, sharing %s",
+        count,
+        options.manifest,
+        options.out,
+        "the ledger of VIDEOBATCH_LEDGER_URL" if share == "database" else "the folder's ledger",
     )
-    states = {f"shard-{o.index}": o.state for o in outcomes}
-    table = merge_shards(plan, prices=options.prices)
-    report = write_report(plan.out, table) if options.report else None
+    watch = ShardWatch(deployment=deployment, attempts=attempts, dead_after=dead_after, poll=1.0)
+    beats = CachedBeats(lambda: member_ages(options.out, share), every=watch.poll)
+
+    async def left() -> int:
+        return len(await asyncio.to_thread(rows_left, options, manifest, share))
+
+    slots = await run_members(
+        count,
+        # The parent writes the one report of the batch; K members would write it K times.
+        options.model_copy(update={"report": False}),
+        share=share,
+        watch=watch,
+        parent=str(flow_run.get_id() or "local"),
+        parent_name=str(flow_run.get_name() or "sharded"),
+        beats=beats,
+        rows_left=left,
+    )
+    states = {s.name: s.state for s in slots}
+    table, report = batch_results(options, manifest, share)
     markdown = await publish_results(
         table, key=artifact_key(options.out), title=f"videobatch {options.out}", report=report
     )
     summary = {
-        **flow_outcome(str(plan.out), table, markdown),
+        **flow_outcome(options.out, table, markdown),
         "shards": states,
-        "stale": list(plan.stale),
+        "runs": {s.name: list(s.runs) for s in slots},
     }
-    unfinished = {k: v for k, v in states.items() if v != "Completed"}
-    if unfinished:
+    undone = await left()
+    if undone:
         raise ShardsIncomplete(
-            f"shards that did not complete: {unfinished}; results merged into {plan.out}; "
-            "run again with the same options to resume them"
+            f"{undone} rows are still to do after every member run ended ({states}); results "
+            f"written to {options.out}; run again with the same options to resume them"
         )
     return summary
 
 
 async def _estimate_only(options: RunOptions, shards: int) -> dict[str, Any]:
-    """Validate and estimate; plan nothing on disk, send nothing."""
+    """Validate and estimate; start nothing, write nothing, send nothing."""
     log = run_logger()
-    out = Path(options.out)
-    require_layout(out, "sharded")
-    manifest = read_manifest(options.manifest)
-    plan = saved_plan(out)
-    if plan is not None and plan.manifest_sha256 != file_sha256(manifest.path):
-        raise ShardPlanError(
-            f"{out} was sharded from another version of {manifest.path.name}; "
-            "use a new output folder for a changed manifest"
-        )
-    count = len(plan.shards) if plan is not None else min(shards, len(manifest.valid_rows) or 1)
-    # Each shard runs with its own `concurrency` jobs in flight.
+    if not is_url(options.out):
+        require_layout(Path(options.out), "plain")
+    manifest = read_manifest(options.manifest, assets=options.assets)
+    count = max(1, min(shards, len(manifest.valid_rows)))
+    # Each member runs with its own `concurrency` jobs in flight.
     spread = options.model_copy(update={"concurrency": options.concurrency * count})
     estimate = estimate_run(manifest, spread)
     invalid = [r.message for r in manifest.invalid_rows]
@@ -114,7 +143,7 @@ async def _estimate_only(options: RunOptions, shards: int) -> dict[str, Any]:
         estimate, invalid, key=artifact_key(options.out), title=f"videobatch {options.out}"
     )
     log.info(
-        "dry run: %d valid rows in %d shards, estimated $%.2f; nothing was planned or sent",
+        "dry run: %d valid rows for %d member runs, estimated $%.2f; nothing was started or sent",
         estimate.valid,
         count,
         estimate.cost,

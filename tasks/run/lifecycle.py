@@ -16,20 +16,33 @@ Where things live, by the output location (`--out`) and `VIDEOBATCH_LEDGER_URL`:
   video's URL. With no ledger URL the SQLite ledger lives in that staging folder, on this
   machine only (the run says so in its log): the bucket holds no ledger, and another machine
   writing to the same location would not see it. A shared ledger needs PostgreSQL.
+* A local folder as a member of a shared batch (`share_batch="folder"`: the K runs
+  `generate-sharded` starts on one machine): the same `OUT/ledger.sqlite`, the folder lock
+  taken shared (members) rather than exclusive (a plain run), so members work together and
+  a plain run never joins them; the ledger is `shared`, so every rule of a shared batch below
+  applies. An object-store location has no folder to share: a member into one needs a ledger
+  URL.
 * A ledger URL (`postgresql://...`): the run opens one batch of the shared ledger, named by
   `batch_name(out)` (the normalised output location), instead of a folder's file. No folder
   lock: several runs share the batch by claiming rows with leases (`tasks.steps.chunk`), the
   budget is the ledger's atomic reservation and a 401/402 stops every run of the batch. The
   URL may hold a password: it is read from the environment only, and never reaches a flow
   parameter, a log line, an error or a results file (`tasks.store.ledger_postgres` redacts it).
+
+Every run on a shared ledger beats a heartbeat (`Ledger.beat`, `member:<run id>` in the
+ledger's meta) every `MEMBER_BEAT_S` from a thread of its own, which lives exactly as long as
+its process: `generate-sharded` reads it to tell a live member from one whose worker was
+killed while the server still shows it Running.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import pyarrow as pa
@@ -59,7 +72,7 @@ from tasks.store.conflicts import Conflict as Conflict
 from tasks.store.conflicts import LedgerCheck, ledger_conflicts, records_for_results, renewed_record
 from tasks.store.conflicts import holds_money as holds_money
 from tasks.store.layout import LayoutMismatch, require_layout
-from tasks.store.ledger import WITH_TASK, Ledger, RowRecord, State, open_ledger
+from tasks.store.ledger import WITH_TASK, Ledger, RowRecord, State, connect_ledger, open_ledger
 from tasks.store.manifest import Manifest, read_manifest
 from tasks.store.results import build_results, with_video_urls, write_results
 from tasks.store.storage import LocalOutput, RemoteOutput, open_output, staging_folder
@@ -85,6 +98,12 @@ __all__ = [
 
 # The client's transport, named here so flows can pass one without importing httpx.
 Transport = httpx.AsyncBaseTransport
+# How a member of a shared batch opens it: the output folder's SQLite ledger (members on one
+# machine) or the batch of the database named by VIDEOBATCH_LEDGER_URL.
+ShareBatch = Literal["folder", "database"]
+# Seconds between two heartbeats of a run on a shared ledger; `generate-sharded`'s
+# `dead_after` (at least 5 s) must stay well above it.
+MEMBER_BEAT_S = 1.0
 
 _RENEWED_FIELDS = (
     "state",
@@ -208,10 +227,41 @@ def _lift_stale_stop(ledger: Ledger) -> None:
     )
 
 
+def _refuse_share(share: ShareBatch | None, remote: RemoteOutput | None, url: str | None) -> None:
+    """A member opens the very ledger the other members of its batch use, or nothing: one on
+    a private ledger of its own would send every row again."""
+    if share == "database" and not url:
+        raise RunRefused(
+            "this run is a member of a batch shared on a database ledger, but "
+            "VIDEOBATCH_LEDGER_URL is not set where it runs: set it in this worker's "
+            "environment. Nothing was sent."
+        )
+    if share == "folder" and url:
+        raise RunRefused(
+            "this run is a member of a batch shared in its output folder's ledger, but "
+            "VIDEOBATCH_LEDGER_URL is set where it runs: give every worker of the batch the "
+            "same ledger setting. Nothing was sent."
+        )
+    if share == "folder" and remote is not None:
+        raise RunRefused(
+            f"{remote.location} holds no ledger, so runs cannot share its batch: a shared "
+            "ledger needs VIDEOBATCH_LEDGER_URL. Nothing was sent."
+        )
+
+
 @contextmanager
-def _run_ledger(out: Path, remote: RemoteOutput | None, location: str) -> Iterator[Ledger]:
+def _run_ledger(
+    out: Path, remote: RemoteOutput | None, location: str, share: ShareBatch | None = None
+) -> Iterator[Ledger]:
     url = ledger_url()
     log = run_logger()
+    _refuse_share(share, remote, url)
+    if share == "folder":
+        log.info("ledger: %s, shared with the other member runs of this batch", out)
+        with open_ledger(out, shared=True) as ledger:
+            _lift_stale_stop(ledger)
+            yield ledger
+        return
     if url:
         batch = batch_name(location)
         log.info("ledger: batch %s of the shared ledger named by VIDEOBATCH_LEDGER_URL", batch)
@@ -232,12 +282,46 @@ def _run_ledger(out: Path, remote: RemoteOutput | None, location: str) -> Iterat
         yield ledger
 
 
+class _Heartbeat:
+    """`member`'s heartbeat in a shared ledger, beaten from a daemon thread: it stops with
+    the process (a killed worker's run falls silent at once), not with a busy event loop."""
+
+    def __init__(self, ledger: Ledger, member: str, every: float = MEMBER_BEAT_S) -> None:
+        self._ledger, self._member, self._every = ledger, member, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="videobatch-heartbeat", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every):
+            self._beat()
+
+    def _beat(self) -> None:
+        try:
+            self._ledger.beat(self._member)
+        except Exception as exc:  # the next beat tries again; a long silence reads as dead
+            run_logger().warning("could not write this run's heartbeat (%s)", exc)
+
+    def __enter__(self) -> _Heartbeat:
+        self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        try:
+            self._ledger.leave(self._member)
+        except Exception as error:
+            run_logger().warning("could not remove this run's heartbeat (%s)", error)
+
+
 @asynccontextmanager
 async def open_run(
     options: RunOptions,
     *,
     manifest: Manifest | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    share_batch: ShareBatch | None = None,
 ) -> AsyncIterator[Runtime]:
     """Everything a run needs, in the order that keeps a refusal free: nothing is opened,
     locked or sent before the manifest, the folder's layout and the key have been checked.
@@ -246,7 +330,8 @@ async def open_run(
     `httpx.ASGITransport` over the sandbox app runs a whole flow in one process.
 
     The run's `out` is the folder it works in: the output folder, or for a store location
-    its local staging folder (see the module).
+    its local staging folder (see the module). `share_batch` makes the run a member of a
+    batch several runs share (see the module); None is a plain run.
     """
     manifest = manifest or read_manifest(options.manifest, assets=options.assets)
     try:
@@ -270,8 +355,9 @@ async def open_run(
         # Raised before any folder is locked or ledger opened; the message names the rule,
         # never the key.
         raise RunRefused(f"{exc}. Nothing was sent.") from None
-    ledger_cm: AbstractContextManager[Ledger] = _run_ledger(out, remote, options.out)
-    with ledger_cm as ledger:
+    ledger_cm: AbstractContextManager[Ledger] = _run_ledger(out, remote, options.out, share_batch)
+    run_id = new_run_id()
+    with ledger_cm as ledger, _beating(ledger, run_id):
         check = ledger_conflicts(manifest, ledger.all())
         refusal = check.refusal(options.out if remote is not None else out)
         if refusal:
@@ -303,12 +389,21 @@ async def open_run(
                 manifest=manifest,
                 ledger=ledger,
                 client=client,
-                run_id=new_run_id(),
+                run_id=run_id,
                 gate=SubmitGate(rate=options.submit_rate),
                 budget=budget,
                 out=out,
             )
             yield runtime
+
+
+@contextmanager
+def _beating(ledger: Ledger, run_id: str) -> Iterator[None]:
+    if not ledger.shared:
+        yield
+        return
+    with _Heartbeat(ledger, run_id):
+        yield
 
 
 def finish_run(runtime: Runtime, check: LedgerCheck | None = None) -> pa.Table:
@@ -340,3 +435,118 @@ def finish_run(runtime: Runtime, check: LedgerCheck | None = None) -> pa.Table:
     urls = write_results(table, remote)
     run_logger().info("results written to %s and %s", *urls)
     return table
+
+
+# -- the batch as the run that started its members sees it (generate-sharded) ---------------
+def batch_share(location: str) -> ShareBatch:
+    """How members of a batch into `location` share its ledger, decided by this process's
+    environment: the database named by VIDEOBATCH_LEDGER_URL, else the output folder's
+    SQLite ledger, which an object-store location does not have (refused)."""
+    if ledger_url():
+        return "database"
+    try:
+        output = open_output(location)
+    except ValueError as exc:
+        raise RunRefused(str(exc)) from None
+    if isinstance(output, RemoteOutput):
+        raise RunRefused(
+            f"{output.location} holds no ledger, so runs cannot share its batch: a shared "
+            "ledger needs VIDEOBATCH_LEDGER_URL. Nothing was sent."
+        )
+    assert isinstance(output, LocalOutput)
+    try:
+        require_layout(output.root, "plain")
+    except LayoutMismatch as exc:
+        raise RunRefused(str(exc)) from None
+    return "folder"
+
+
+@contextmanager
+def batch_reader(location: str, share: ShareBatch) -> Iterator[Ledger | None]:
+    """The batch's ledger opened read-only, or None while no run has opened it yet."""
+    try:
+        if share == "database":
+            url = ledger_url()
+            if not url:
+                raise RunRefused("VIDEOBATCH_LEDGER_URL is no longer set")
+            ledger = connect_ledger(url, batch=batch_name(location), readonly=True)
+        else:
+            ledger = Ledger(_local_folder(location)[0], readonly=True)
+    except FileNotFoundError:
+        yield None
+        return
+    with ledger:
+        yield ledger
+
+
+def member_ages(location: str, share: ShareBatch) -> dict[str, float]:
+    """Seconds since each run of the batch last beat its heartbeat (see the module)."""
+    with batch_reader(location, share) as ledger:
+        return {} if ledger is None else ledger.members()
+
+
+def batch_records(location: str, share: ShareBatch) -> dict[str, RowRecord]:
+    with batch_reader(location, share) as ledger:
+        return {} if ledger is None else ledger.all()
+
+
+def batch_conflict(options: RunOptions, manifest: Manifest, share: ShareBatch) -> str | None:
+    """Why the batch's ledger refuses this manifest (see `LedgerCheck.refusal`), or None."""
+    check = ledger_conflicts(manifest, batch_records(options.out, share))
+    folder, remote = _local_folder(options.out)
+    return check.refusal(options.out if remote is not None else folder)
+
+
+def rows_left(options: RunOptions, manifest: Manifest, share: ShareBatch) -> list[str]:
+    """Valid rows of the batch that a run without resends would still work on (to send,
+    poll or download); held rows and rows left doubtful or failed are not among them."""
+    records = batch_records(options.out, share)
+    check = ledger_conflicts(manifest, records)
+    held = {c.row_id for c in check.held}
+    folder, remote = _local_folder(options.out)
+    plain = options.model_copy(update={"resubmit_unknown": False, "retry_failed": False})
+    left = []
+    for row in manifest.valid_rows:
+        assert row.request is not None
+        record = records.get(row.id)
+        if row.id in held:
+            continue
+        if record is None:
+            left.append(row.id)
+        elif record.state == State.DOWNLOADED:
+            path = folder / (record.video_path or video_relpath(row.id))
+            if remote is None and not path.is_file():
+                left.append(row.id)
+        elif isinstance(
+            send_decision(record, row.request, plain), tuple
+        ) or record.state in WITH_TASK - {State.FAILED, State.CANCELLED}:
+            left.append(row.id)
+    return left
+
+
+def batch_results(
+    options: RunOptions, manifest: Manifest, share: ShareBatch
+) -> tuple[pa.Table, str | None]:
+    """Write the batch's results (and report, if asked) from its ledger, as `finish_run`
+    does for one run; the table and where the report is (None: not written)."""
+    from tasks.present.report import write_report
+
+    records = batch_records(options.out, share)
+    check = ledger_conflicts(manifest, records)
+    table = build_results(
+        manifest,
+        records_for_results(check, records),
+        prices=options.prices,
+        held=check.held_messages,
+    )
+    folder, remote = _local_folder(options.out)
+    if remote is None:
+        write_results(table, folder)
+        report = write_report(folder, table) if options.report else None
+        return table, report
+    # Thumbnails come from this machine's staging folder when the members staged here.
+    staged = folder if folder.is_dir() else None
+    report = write_report(remote, table, videos=staged) if options.report else None
+    table = with_video_urls(table, remote)
+    write_results(table, remote)
+    return table, report

@@ -1,10 +1,13 @@
 """Which kind of run an output folder holds: one folder, one layout.
 
-A plain run keeps its ledger at `OUT/ledger.sqlite`; a sharded run keeps its plan at
-`OUT/shards.json` and one folder per shard under `OUT/shards/`. The two must never meet in one
-folder: a plain run into a sharded folder opens an empty ledger and pays again for every row the
+A run keeps its ledger at `OUT/ledger.sqlite`: a plain run, and since the shared-batch
+`generate-sharded` (K runs sharing that one ledger) also a sharded one; that layout is "plain".
+An earlier videobatch's sharded run kept a plan at `OUT/shards.json` and one folder per shard,
+each with its own ledger, under `OUT/shards/` ("sharded"). The two must never meet in one
+folder: a run into an old sharded folder opens an empty ledger and pays again for every row the
 shards already paid for, and the read-only commands would then show only half of the spend. So
-every entry point asks `require_layout` before it sends (or reads) anything.
+every entry point asks `require_layout` before it sends (or reads) anything; only the read-only
+commands still read the old layout.
 
 Kept free of Prefect, pandas and pyarrow: the CLI's read-only commands import it.
 """
@@ -67,9 +70,12 @@ def require_layout(out: Path, want: Literal["plain", "sharded"]) -> Layout:
     if holds == "sharded":
         marks = ", ".join(f"{m}{'/' if m == SHARDS_DIR else ''}" for m in _sharded_marks(out))
         message = (
-            f"{out} holds a sharded run ({marks}): run it with generate-sharded, or read it "
-            "with videobatch status/results/report; a plain run here would pay again for "
-            "every row. Nothing was sent."
+            f"{out} holds a sharded run made by an earlier videobatch, with a ledger per shard "
+            f"({marks}): neither videobatch run nor today's generate-sharded (whose runs share "
+            "one ledger) can resume it, since either would pay again for every row its shards "
+            "paid for. Nothing was sent. Read it with videobatch status/results/report OUT; "
+            "finish it with the videobatch version that made it, or run the manifest into a "
+            "new output folder (which sends every row again)."
         )
     else:
         message = (

@@ -95,6 +95,8 @@ from tasks.store.states import State as State
 
 LEDGER_FILE = "ledger.sqlite"
 LOCK_FILE = ".videobatch.lock"
+# Meta keys of the heartbeats of a shared batch's runs: `member:<flow run id>`.
+MEMBER_PREFIX = "member:"
 SCHEMA_VERSION = 3
 
 
@@ -222,29 +224,42 @@ class _SqliteTx:
 
 
 class FolderLock:
-    """An exclusive advisory lock on the output folder.
+    """An advisory lock on the output folder: exclusive for a plain run, shared for the
+    members of a shared batch (runs started together by `generate-sharded`).
 
     `flock` dies with its process, so a crashed run's lock is taken over without any stale-lock
-    guessing. (It does not hold across machines on NFS: give each machine its own folder.)
+    guessing. A plain run takes it exclusive (`LOCK_EX`), so it is the folder's one writer;
+    members take it shared (`LOCK_SH`), so any number of them work together while neither a
+    plain run can join them nor they a plain run. (It does not hold across machines on NFS:
+    give each machine its own folder.)
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, shared: bool = False) -> None:
         self.path = folder / LOCK_FILE
+        self.shared = shared
         self._fd: int | None = None
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
+            if self.shared:
+                why = "a plain run, which must be the folder's only writer"
+            else:
+                why = (
+                    "a shared batch's member runs (generate-sharded), which a plain run cannot join"
+                )
             raise LedgerLocked(
-                f"{self.path.parent} is in use by {holder}; wait for it to finish or stop it"
+                f"{self.path.parent} is in use by {holder} ({why}); wait for it to finish or "
+                "stop it. Nothing was sent."
             ) from None
+        who = "member of a shared batch: " if self.shared else ""
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        os.pwrite(fd, f"{who}pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
@@ -302,8 +317,16 @@ class Ledger:
     batch: str = ""
     # Whether a live lease protects a row in `intent` from being taken for a dead run's.
     _live_leases_guard_intent = False
+    # A folder's SQLite ledger opened by a member of a shared batch (see `FolderLock`).
+    _member = False
 
-    def __init__(self, folder: str | Path, *, readonly: bool = False) -> None:
+    def __init__(self, folder: str | Path, *, readonly: bool = False, shared: bool = False) -> None:
+        """`shared`: this run is one member of a batch several runs share on this folder
+        (they hold the folder lock shared): rows are claimed with leases, and a row in
+        `intent` under a live lease is another member's POST under way, never taken over."""
+        if shared:
+            self._member = True
+            self._live_leases_guard_intent = True
         self.folder = Path(folder)
         self.path = self.folder / LEDGER_FILE
         self._lock = threading.RLock()
@@ -332,8 +355,9 @@ class Ledger:
     @property
     def shared(self) -> bool:
         """Whether several runs may work on this ledger at once, each claiming its rows with
-        leases (a batch of a shared database), rather than one run under the folder lock."""
-        return bool(self.batch)
+        leases (a batch of a shared database, or a folder's ledger opened by the members of a
+        shared batch), rather than one run under the folder's exclusive lock."""
+        return bool(self.batch) or self._member
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.folder)!r}, readonly={self.readonly})"
@@ -820,6 +844,36 @@ class Ledger:
         with self._write() as tx:
             tx.run("DELETE FROM {meta} WHERE {scope} key = 'stop'", {})
 
+    # -- members' heartbeats -------------------------------------------------------------
+    def beat(self, member: str) -> None:
+        """Say that run `member` is alive now (the ledger's clock: the database's on
+        PostgreSQL). A run on a shared batch beats every few seconds from a thread of its
+        own, so the run that started it can tell a live member from one whose process died
+        while the server still shows it Running."""
+        with self._write() as tx:
+            tx.run(
+                "INSERT INTO {meta} ({bcol} key, value) VALUES ({bval} :key, CAST({now} AS TEXT)) "
+                "ON CONFLICT ({bcol} key) DO UPDATE SET value = excluded.value",
+                {"key": MEMBER_PREFIX + member, "now": time.time()},
+            )
+
+    def leave(self, member: str) -> None:
+        """Run `member` ended: its heartbeat goes."""
+        with self._write() as tx:
+            tx.run("DELETE FROM {meta} WHERE {scope} key = :key", {"key": MEMBER_PREFIX + member})
+
+    def members(self) -> dict[str, float]:
+        """Each run with a heartbeat in the batch, and seconds since its last beat (by the
+        ledger's clock, so machines' clocks never matter on PostgreSQL)."""
+        rows = self._read(
+            "SELECT key, value, {now} AS now FROM {meta} WHERE {scope} key LIKE :prefix",
+            {"prefix": MEMBER_PREFIX + "%", "now": time.time()},
+        )
+        return {
+            str(r["key"])[len(MEMBER_PREFIX) :]: max(0.0, float(r["now"]) - float(r["value"]))
+            for r in rows
+        }
+
     # -- money ------------------------------------------------------------------------------
     def committed_cost(self) -> float:
         """Money spent or at risk: the real cost where known, the estimate where not (yet),
@@ -904,12 +958,18 @@ def connect_ledger(
 
 
 @contextmanager
-def open_ledger(target: str | Path, batch: str | None = None) -> Iterator[Ledger]:
+def open_ledger(
+    target: str | Path, batch: str | None = None, *, shared: bool = False
+) -> Iterator[Ledger]:
     """Open a ledger for a run, and recover rows a dead run left mid-POST.
 
     * A folder (`open_ledger(out)`, as always): lock it (`FolderLock`; a second run on it is
       refused with `LedgerLocked`), open `out/ledger.sqlite`; every row left in `intent` is
-      now `unknown`.
+      now `unknown`, since the exclusive lock proves every earlier writer dead.
+    * A folder as a member of a shared batch (`open_ledger(out, shared=True)`): the lock is
+      taken shared (other members may hold it too, a plain run may not), the ledger is
+      `shared`, and only rows in `intent` whose lease ran out become `unknown`: a row under a
+      live lease is another member's POST under way.
     * A PostgreSQL URL and a batch (`open_ledger("postgresql://u@db:5432/vb", batch="s3://b/x")`):
       no folder lock, since many runs share a batch by claiming rows (`Ledger.claim`); the
       schema is created or migrated, the batch registered; rows in `intent` whose lease ran
@@ -925,8 +985,8 @@ def open_ledger(target: str | Path, batch: str | None = None) -> Iterator[Ledger
         return
     _refuse_batch_of_a_folder(target, batch)
     folder = Path(target)
-    with FolderLock(folder):
-        ledger = Ledger(folder)
+    with FolderLock(folder, shared=shared):
+        ledger = Ledger(folder, shared=shared)
         try:
             ledger.mark_doubtful_as_unknown()
             yield ledger
