@@ -21,6 +21,19 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from apimart import spec
 from tasks.run.duration import MAX_DURATION_S
 
+# How long a claimed row of a shared batch stays a run's without renewal, by default
+# (`tasks.steps.chunk.LEASE_S` is this value).
+DEFAULT_LEASE_S = 120.0
+# The shortest lease: it is renewed every quarter of its length, so a run loses its rows when
+# its event loop stalls for three quarters of it (a GC pause, a loaded machine, a slow
+# database round trip). 10 s survives a stall of 7.5 s, far past a healthy run's pauses, and
+# still lets a test see a takeover within seconds. Below it, a busy machine would lose live
+# runs' rows: never a second payment (an intent needs a live lease), but rows caught mid-POST
+# turn `unknown` and wait for a person.
+MIN_LEASE_S = 10.0
+# Past a day a dead run's rows would simply stay held: a misread unit, not a choice.
+MAX_LEASE_S = 86400.0
+
 
 class RunOptions(BaseModel):
     """How one manifest is turned into videos."""
@@ -96,6 +109,16 @@ class RunOptions(BaseModel):
         le=MAX_DURATION_S,
         description="Longest task duration expected before any has finished, seconds "
         "(above --poll-duration-low).",
+    )
+
+    lease_seconds: float = Field(
+        DEFAULT_LEASE_S,
+        ge=MIN_LEASE_S,
+        le=MAX_LEASE_S,
+        description="Only on a batch shared by several runs (a PostgreSQL ledger): seconds a "
+        "claimed row stays this run's without renewal (renewed every quarter of it). Raise it "
+        "when a live run may stall that long (long GC pauses, a slow network or database); a "
+        "short one lets other runs take a dead run's rows over sooner, for more renewals.",
     )
 
     @field_validator("poll_duration_high")

@@ -17,7 +17,8 @@ every step asks the ledger first (`send_decision`, a recorded task id, a verifie
 
 On a batch shared by several runs (a PostgreSQL ledger) the chunks are not planned up front but
 claimed (`Ledger.claim`): each chunk is the next `rows_per_chunk` rows nobody holds, leased to
-this run (its run id) for `LEASE_S` seconds, renewed every quarter of that while the run works,
+this run (its run id) for the run's `lease_seconds` (default `LEASE_S`), renewed every quarter
+of that while the run works,
 and released when it ends, however it ends. So K runs started at once on one batch each take
 different rows, and a run whose process died frees its rows when its lease runs out: a run
 still claiming (or the next one) takes them over, and a row the dead run left between intent
@@ -41,6 +42,8 @@ from prefect.cache_policies import NO_CACHE
 
 from apimart import retry
 from tasks.errors import RunStopped
+from tasks.run.gate import Budget, LedgerBudget
+from tasks.run.options import DEFAULT_LEASE_S
 from tasks.run.runtime import Runtime, as_task_parameter, run_logger
 from tasks.steps.download import RETRYABLE, download_row, mark_download_failed
 from tasks.steps.poll import poll_row
@@ -63,12 +66,13 @@ LOOKAHEAD = 32
 # A CDN or API that kept failing through the client's own retries gets this many more tries
 # of the download step, after these waits (jittered down to half), as Prefect's did before.
 DOWNLOAD_RETRY_WAITS_S = (2.0, 10.0, 30.0)
-# How long a claimed row stays this run's without a renewal (renewed every quarter of it). A
-# run that died frees its rows after at most this long.
-LEASE_S = 120.0
+# How long a claimed row stays this run's without a renewal (renewed every quarter of it), by
+# default: the run's `lease_seconds` option. A run that died frees its rows after at most this.
+LEASE_S = DEFAULT_LEASE_S
 # Rows of the batch another live run holds while still on their way: a run whose own claims
-# came back empty waits for them (their run may die and leave them) at most this long.
-TAKEOVER_WAIT_S = 2 * LEASE_S
+# came back empty waits for them (their run may die and leave them) at most this many leases.
+TAKEOVER_WAIT_LEASES = 2
+TAKEOVER_WAIT_S = TAKEOVER_WAIT_LEASES * LEASE_S
 _ON_THEIR_WAY = frozenset({State.PENDING, State.INTENT, State.SUBMITTED, State.COMPLETED})
 
 
@@ -358,13 +362,22 @@ def _held_by_others(runtime: Runtime, owner: str, wanted: set[str]) -> list[str]
     return held
 
 
+def renewal_period(lease_s: float, budget: Budget) -> float:
+    """Seconds between renewals: a quarter of the lease, or of the budget reservation's first
+    hold when that is shorter (a reservation lasts `hold_s` until the first renewal stretches
+    it to a lease: a longer lease alone would let it lapse and another run spend the money)."""
+    hold = budget.hold_s if isinstance(budget, LedgerBudget) else lease_s
+    return min(lease_s, hold) / 4
+
+
 async def _keep_leases(runtime: Runtime, owner: str, holding: set[str]) -> None:
     """Renew this run's leases every quarter lease; say which rows another run took over."""
     log = run_logger()
+    lease_s = runtime.options.lease_seconds
     while True:
-        await asyncio.sleep(LEASE_S / 4)
+        await asyncio.sleep(renewal_period(lease_s, runtime.budget))
         try:
-            kept = set(runtime.ledger.renew_lease(owner, lease_s=LEASE_S))
+            kept = set(runtime.ledger.renew_lease(owner, lease_s=lease_s))
         except Exception as exc:
             # Tried again next time; meanwhile the lease fences every intent of this run.
             log.error("could not renew this run's leases (%s); trying again", exc)
@@ -387,6 +400,7 @@ async def _run_claimed(
     ledger, owner = runtime.ledger, runtime.run_id
     wanted = set(row_ids)
     size, states = rows_per_chunk(len(row_ids)), claim_states(runtime)
+    lease_s = runtime.options.lease_seconds
     lanes = Lanes.for_run(runtime, on_row_done)
     holding: set[str] = set()
     outcomes: list[dict[str, int] | BaseException] = []
@@ -402,7 +416,7 @@ async def _run_claimed(
             if _no_more_claims(runtime):
                 return None
             claim = ledger.claim(
-                owner, size, lease_s=LEASE_S, states=states, unknown_before=unknown_before
+                owner, size, lease_s=lease_s, states=states, unknown_before=unknown_before
             )
             if claim.unknown:
                 log.warning(
@@ -430,7 +444,7 @@ async def _run_claimed(
                 break
             now = time.monotonic()
             waited_since = waited_since or now
-            if now - waited_since > TAKEOVER_WAIT_S:
+            if now - waited_since > TAKEOVER_WAIT_LEASES * lease_s:
                 log.warning(
                     "%d rows are still held by other runs of the batch; leaving them to them",
                     len(others),
@@ -442,7 +456,7 @@ async def _run_claimed(
                     "run stop renewing its lease)",
                     len(others),
                 )
-            await asyncio.sleep(min(1.0, LEASE_S / 8))
+            await asyncio.sleep(min(1.0, lease_s / 8))
     finally:
         renewer.cancel()
         await asyncio.gather(renewer, return_exceptions=True)

@@ -44,6 +44,7 @@ ENV_VALUES: dict[str, tuple[str, Any]] = {
     "poll_lag_target": ("30", 30.0),
     "poll_duration_low": ("60", 60.0),
     "poll_duration_high": ("900", 900.0),
+    "lease_seconds": ("45", 45.0),
     "sandbox": ("on", True),
 }
 
