@@ -3,17 +3,26 @@
 `VideoRequest` holds a request that is known to be valid: building one checks every documented
 rule and raises one `RequestValidationError` naming every broken field, before any network call.
 `Task` and `SubmitResult` parse the API's answers, tolerant of the shapes its docs disagree on.
+
+An image of a request may be a `LocalImage`: a file checked once (by whoever built the
+request) and held by reference, so a run of 100,000 rows never holds their base64. Such a
+request keeps its images in an `ImageUrls`, which reads each file when its entry is read and
+refuses a file that changed since it was checked; `VideoRequest.inlined()` reads them all at
+once, which is what a sender does right before it commits to a POST.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import math
+import os
 import re
-from collections.abc import Iterable, Mapping
+import stat
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 from urllib.parse import urlsplit
 
 from apimart import spec
@@ -39,6 +48,137 @@ def image_url_problem(url: object) -> str | None:
     return None if payload else "data URI is empty"
 
 
+IMAGE_KINDS = ("png", "jpeg", "webp")
+_CHANGED = "the image changed after the manifest was checked"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalImage:
+    """A local image file a request sends inline, held by reference until it is sent.
+
+    `path` has no symlinks left (it was resolved when the file was checked); `sha256` is the
+    digest of the data URI text the file became then, which is what a request's fingerprint
+    hashes for an image, the same as for a data URI held in memory.
+    """
+
+    path: str
+    kind: str
+    size: int
+    sha256: str
+
+    @property
+    def prefix(self) -> str:
+        return f"data:image/{self.kind};base64,"
+
+    def data_uri(self) -> str:
+        """The file's data URI, read now; RequestValidationError if it changed since."""
+        uri, why = self.read()
+        if uri is None:
+            raise RequestValidationError({"image_urls": f"{self.path}: {why}"})
+        return uri
+
+    def read(self) -> tuple[str | None, str]:
+        """(data URI, "") when the file is still what was checked, else (None, why not)."""
+        # O_NOFOLLOW: a symlink swapped in since the check is not followed.
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            return None, f"{_CHANGED} (the file is gone)"
+        except (OSError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            return None, f"{_CHANGED} (it cannot be read: {why})"
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return None, f"{_CHANGED} (it is no longer a file)"
+            if info.st_size != self.size:
+                return None, f"{_CHANGED} (it was {self.size} bytes, now {info.st_size})"
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                data = handle.read(self.size + 1)
+        except (OSError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            return None, f"{_CHANGED} (it cannot be read: {why})"
+        finally:
+            os.close(fd)
+        uri = self.prefix + base64.b64encode(data).decode("ascii")
+        if len(data) != self.size or hashlib.sha256(uri.encode()).hexdigest() != self.sha256:
+            return None, f"{_CHANGED} (its content differs)"
+        return uri, ""
+
+
+def local_image_problem(image: LocalImage) -> str | None:
+    """Why a LocalImage cannot stand for an image (judged without reading the file)."""
+    if image.kind not in IMAGE_KINDS:
+        return f"a local image must be one of {', '.join(IMAGE_KINDS)}, got {image.kind!r}"
+    if image.size <= 0 or not os.path.isabs(image.path) or len(image.sha256) != 64:
+        return "a local image needs an absolute path, its size and its digest"
+    return None
+
+
+class ImageUrls(Sequence[str]):
+    """The images of a request as the API receives them, local files held by reference.
+
+    `sources` holds what was given: strings (URLs, data URIs) as they are, local files as
+    `LocalImage`. Reading an entry (indexing, iterating) reads its file, checked unchanged,
+    so code that wants the data URIs gets them while nothing holds them for long; `len` and
+    equality never touch a file.
+    """
+
+    __slots__ = ("sources",)
+
+    def __init__(self, sources: Iterable[str | LocalImage]) -> None:
+        self.sources: tuple[str | LocalImage, ...] = tuple(sources)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[str, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> str | tuple[str, ...]:
+        if isinstance(index, slice):
+            return tuple(_inline(source) for source in self.sources[index])
+        return _inline(self.sources[index])
+
+    def __iter__(self) -> Iterator[str]:
+        return (_inline(source) for source in self.sources)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ImageUrls):
+            return self.sources == other.sources
+        if isinstance(other, tuple | list):
+            return len(other) == len(self) and tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.sources)
+
+    def __repr__(self) -> str:
+        local = sum(isinstance(source, LocalImage) for source in self.sources)
+        return f"ImageUrls({len(self.sources)} images, {local} local files)"
+
+
+def _inline(source: str | LocalImage) -> str:
+    return source.data_uri() if isinstance(source, LocalImage) else source
+
+
+def image_sources(images: Sequence[str]) -> tuple[str | LocalImage, ...]:
+    """What an image_urls value holds, without reading any file."""
+    return images.sources if isinstance(images, ImageUrls) else tuple(images)
+
+
+def _image_urls(values: Iterable[object]) -> Sequence[Any]:
+    """A plain tuple, unless a local file is among them (then an ImageUrls)."""
+    items = tuple(values)
+    if any(isinstance(item, LocalImage) for item in items):
+        return ImageUrls(items)  # type: ignore[arg-type]  # other entries are judged later
+    return items
+
+
 def is_http_url(value: object) -> bool:
     """An http(s) URL with a host (`http:///x` and `https://` have none)."""
     if not isinstance(value, str):
@@ -62,11 +202,13 @@ class VideoRequest:
     duration: int = spec.DEFAULT_DURATION
     resolution: str = spec.DEFAULT_RESOLUTION
     aspect_ratio: str = spec.DEFAULT_ASPECT_RATIO
-    image_urls: tuple[str, ...] = ()
+    # A tuple, or an ImageUrls when local files are among the images (see the module).
+    image_urls: Sequence[str] = ()
     video_urls: tuple[str, ...] = ()
     model: str = spec.MODEL
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "image_urls", _image_urls(self.image_urls))
         problems = _problems(self)
         if problems:
             raise RequestValidationError(problems)
@@ -98,7 +240,7 @@ class VideoRequest:
             "duration": spec.DEFAULT_DURATION if duration is None else duration,
             "resolution": spec.DEFAULT_RESOLUTION if resolution is None else resolution,
             "aspect_ratio": spec.DEFAULT_ASPECT_RATIO if ratio is None else ratio,
-            "image_urls": tuple(image_urls or ()),
+            "image_urls": _image_urls(image_urls or ()),
             "video_urls": tuple(video_urls or ()),
             "model": spec.MODEL if model is None else model,
         }
@@ -112,8 +254,42 @@ class VideoRequest:
             object.__setattr__(request, name, value)
         return request
 
-    def to_payload(self) -> dict[str, Any]:
-        """The JSON body of POST /v1/videos/generations."""
+    @property
+    def has_local_images(self) -> bool:
+        """Whether sending this request reads files (see `inlined`)."""
+        return isinstance(self.image_urls, ImageUrls)
+
+    def inlined(self) -> VideoRequest:
+        """This request with every local image read into its data URI, as it is POSTed.
+
+        Raises RequestValidationError naming the entry and the file when a file is gone or
+        differs from what was checked: the request it would send is not the one fingerprinted.
+        """
+        if not isinstance(self.image_urls, ImageUrls):
+            return self
+        urls: list[str] = []
+        for number, source in enumerate(self.image_urls.sources, start=1):
+            if isinstance(source, LocalImage):
+                uri, why = source.read()
+                if uri is None:
+                    raise RequestValidationError(
+                        {"image_urls": f"entry {number} ({source.path}): {why}"}
+                    )
+                urls.append(uri)
+            else:
+                urls.append(source)
+        # Every rule was checked when this request was built; the bytes are those checked.
+        request = object.__new__(VideoRequest)
+        for name in self.__dataclass_fields__:
+            object.__setattr__(request, name, getattr(self, name))
+        object.__setattr__(request, "image_urls", tuple(urls))
+        return request
+
+    def to_payload(self, *, images: bool = True) -> dict[str, Any]:
+        """The JSON body of POST /v1/videos/generations (local images read now).
+
+        `images=False` leaves `image_urls` out, reading no file.
+        """
         body: dict[str, Any] = {
             "model": self.model,
             "prompt": self.prompt,
@@ -121,7 +297,7 @@ class VideoRequest:
             "resolution": self.resolution,
             "aspect_ratio": self.aspect_ratio,
         }
-        if self.image_urls:
+        if images and self.image_urls:
             body["image_urls"] = list(self.image_urls)
         if self.video_urls:
             body["video_urls"] = list(self.video_urls)
@@ -179,8 +355,10 @@ def _field_problems(values: Mapping[str, Any]) -> dict[str, str]:
             f"got {len(images)}"
         )
     else:
-        for index, url in enumerate(images):
-            why = image_url_problem(url)
+        for index, url in enumerate(image_sources(images)):
+            why = (
+                local_image_problem(url) if isinstance(url, LocalImage) else image_url_problem(url)
+            )
             if why:
                 problems["image_urls"] = f"entry {index + 1}: {why}"
                 break

@@ -10,6 +10,12 @@ than the run's: the intent is written only under this run's live lease on the ro
 otherwise: another run may own the row now, and nothing is sent); the budget is reserved in the
 ledger (`tasks.run.gate.LedgerBudget`); and a 401 or 402 sets the batch's stop flag, which every
 run of the batch reads before each POST.
+
+Local images are read here, not at manifest time (the manifest keeps a reference and the digest
+of each data URI, see `tasks.store.manifest`): right before the intent, each round builds the
+body from the files, and a file that changed since the manifest was checked keeps the row
+never-sent: no intent written, its reservation given back, the row, file and rule named.
+The fingerprint written with the intent is the manifest's, and the bytes sent match it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from apimart.errors import (
     PaymentRequiredError,
     PermissionDeniedError,
     RateLimitError,
+    RequestValidationError,
     SubmitOutcomeUnknown,
     UnsendableRequest,
 )
@@ -300,6 +307,19 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
                 return over_budget()
             held = True
         try:
+            # Before the intent: a refusal here is certain to have sent nothing. In a thread,
+            # since a large image would stall polling and lease renewals on the event loop.
+            sendable = (
+                await asyncio.to_thread(request.inlined) if request.has_local_images else request
+            )
+        except RequestValidationError as exc:
+            rule = "; ".join(f"{field}: {why}" for field, why in exc.problems.items())
+            message = f"row {row.number} (id {row_id!r}): {rule}; not sent"
+            log.error("%s", message)
+            return not_sent(
+                State.PENDING, "image-changed", error_code="image_changed", error_message=message
+            )
+        try:
             ledger.record_intent(
                 row_id,
                 attempt=attempt,
@@ -320,7 +340,7 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
             give_back()  # nothing left: the intent was never written
             raise
         try:
-            result = await _shielded(_post_and_record(runtime, row_id, request, key))
+            result = await _shielded(_post_and_record(runtime, row_id, sendable, key))
         except TaskNotRecorded as exc:
             # Paid: the row keeps its `intent` (unknown to the next run) and its reservation.
             log.critical("%s", exc)

@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from apimart.models import VideoRequest
+from apimart.models import LocalImage, VideoRequest, image_sources
 
 
 def file_sha256(path: Path) -> str:
@@ -20,8 +20,20 @@ def file_sha256(path: Path) -> str:
 
 
 def request_hash(request: VideoRequest) -> str:
-    """A stable fingerprint of what a row asks for (images by content, not by bytes stored)."""
-    payload = request.to_payload()
-    payload["image_urls"] = [hashlib.sha256(u.encode()).hexdigest() for u in request.image_urls]
+    """A stable fingerprint of what a row asks for (images by content, not by bytes stored).
+
+    Ledgers keep these, so the value never changes between versions: each image counts as the
+    SHA-256 of the data URI (or URL) sent, and a local file as the digest of the data URI it
+    became when it was checked, which is the same number without reading the file again.
+    """
+    payload = request.to_payload(images=False)
+    payload["image_urls"] = [image_digest(source) for source in image_sources(request.image_urls)]
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def image_digest(source: str | LocalImage) -> str:
+    """The SHA-256 of the text an image entry is sent as."""
+    if isinstance(source, LocalImage):
+        return source.sha256
+    return hashlib.sha256(source.encode()).hexdigest()

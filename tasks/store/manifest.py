@@ -22,10 +22,17 @@ An empty cell means "use the API default". Every other column is carried through
 
 Local image paths are resolved against the manifest's folder, checked by their magic bytes
 (not their suffix: a renamed text file would otherwise cost a failed paid call) and sent as
-data URIs. Each distinct file is read and encoded once per manifest. A manifest may only
-send files from inside its own folder or the folder given as `assets` (`--assets DIR`): the
-path is judged after following every symlink, so neither `../` nor a link inside the folder
-reaches a file elsewhere (a manifest dropped into an inbox must not mail out ~/.ssh).
+data URIs. Each distinct file is read once per manifest, to check it and to take the SHA-256
+of the data URI it becomes (streamed: the URI itself is never built here), and the row keeps
+only an `apimart.models.LocalImage` (path, kind, size, that digest): a 100,000-row manifest
+of distinct images would otherwise hold gigabytes of base64 for the whole run. The file is
+read again when its row is sent, and a file that changed since is refused then (see
+`tasks.steps.submit`). Data URIs and URLs written in the manifest are kept as given.
+
+A manifest may only send files from inside its own folder or the folder given as `assets`
+(`--assets DIR`): the path is judged after following every symlink, so neither `../` nor a
+link inside the folder reaches a file elsewhere (a manifest dropped into an inbox must not
+mail out ~/.ssh).
 
 http(s) URLs in `image_urls` and `video_urls` are handed to the vendor to fetch, so they must
 name a public host (apimart.netguard's rule; loopback is refused too, since the vendor cannot
@@ -76,7 +83,7 @@ import pyarrow.parquet as pq
 
 from apimart import netguard, spec
 from apimart.errors import RequestValidationError
-from apimart.models import VideoRequest
+from apimart.models import LocalImage, VideoRequest
 from tasks.errors import ManifestError, StorageError
 from tasks.store import storage
 
@@ -131,6 +138,8 @@ _INSIDE_RULE: Final = "must be inside the manifest's folder or --assets"
 # another host than urlsplit does: `http://127.0.0.1\@cdn.example/` is 127.0.0.1 to a browser.
 _URL_UNSAFE_CHARS: Final = re.compile(r"[\x00-\x20\x7f\\]")
 _RESOLVE_WORKERS: Final = 32
+# A multiple of 3, so the base64 of each chunk is the base64 of the whole file piece by piece.
+_DIGEST_CHUNK: Final = 3 * 2**16
 # Written by pandas.to_parquet for a non-default index: not a manifest column.
 _PANDAS_INDEX: Final = re.compile(r"__index_level_[0-9]+__")
 
@@ -521,7 +530,11 @@ def _resolve_problem(host: str) -> str | None:
 
 
 class _ImageResolver:
-    """Turns image_urls entries into what the API accepts, reading each local file once."""
+    """Turns image_urls entries into what a request holds, checking each local file once.
+
+    A local file becomes a `LocalImage` (a reference with the digest of its data URI), not
+    the data URI itself: see the module.
+    """
 
     _KINDS: Final = "PNG, JPEG or WEBP"
 
@@ -529,13 +542,14 @@ class _ImageResolver:
         self._folder = folder
         self._roots = roots
         self._max_bytes = max_bytes
-        self._cache: dict[Path, tuple[str | None, str | None]] = {}
+        self._cache: dict[Path, tuple[LocalImage | None, str | None]] = {}
         # By the entry as written too: a 100,000-row manifest repeating one logo resolves once.
         self._by_text: dict[str, tuple[object, str | None]] = {}
         self._outside = f"{_INSIDE_RULE} ({' or '.join(str(root) for root in roots)})"
 
     def resolve(self, entry: object) -> tuple[object, str | None]:
-        """(value to send, problem). URLs and non-strings pass through to VideoRequest."""
+        """(value the request holds, problem). URLs and non-strings pass through to
+        VideoRequest; a local file becomes a LocalImage."""
         if not isinstance(entry, str) or not entry.strip():
             return entry, None
         text = entry.strip()
@@ -556,10 +570,10 @@ class _ImageResolver:
         if not any(resolved.is_relative_to(root) for root in self._roots):
             return None, self._outside
         if resolved not in self._cache:
-            self._cache[resolved] = self._encode(resolved)
+            self._cache[resolved] = self._check(resolved)
         return self._cache[resolved]
 
-    def _encode(self, path: Path) -> tuple[str | None, str | None]:
+    def _check(self, path: Path) -> tuple[LocalImage | None, str | None]:
         # `path` has no symlinks left; O_NOFOLLOW keeps a link swapped in since from being read.
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
@@ -578,17 +592,37 @@ class _ImageResolver:
                     f"file is {info.st_size} bytes, over the limit of {self._max_bytes} bytes",
                 )
             with os.fdopen(fd, "rb", closefd=False) as handle:
-                data = handle.read(self._max_bytes + 1)
+                return self._digest(path, handle)
         except (OSError, ValueError) as exc:
             return None, f"cannot read the file ({getattr(exc, 'strerror', None) or exc})"
         finally:
             os.close(fd)
-        if len(data) > self._max_bytes:
-            return None, f"file is over the limit of {self._max_bytes} bytes"
+
+    def _digest(self, path: Path, handle: Any) -> tuple[LocalImage | None, str | None]:
+        """Judge the open file by its first bytes and hash the data URI it becomes, streamed:
+        the digest equals hashlib.sha256(data_uri.encode()) without the URI ever built."""
+        data: bytes = handle.read(_DIGEST_CHUNK)
         kind = _image_kind(data)
+        size = 0
+        digest = hashlib.sha256()
+        left = b""  # the 0-2 bytes of the last read that do not fill a base64 quantum
+        while data:
+            size += len(data)
+            if size > self._max_bytes:
+                return None, f"file is over the limit of {self._max_bytes} bytes"
+            if kind is None:
+                break
+            if size == len(data):
+                digest.update(f"data:image/{kind};base64,".encode())
+            block = left + data if left else data
+            cut = len(block) - len(block) % 3
+            digest.update(base64.b64encode(block[:cut]))
+            left = block[cut:]
+            data = handle.read(_DIGEST_CHUNK)
         if kind is None:
             return None, f"not a {self._KINDS} image (judged by its content, not its name)"
-        return f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}", None
+        digest.update(base64.b64encode(left))
+        return LocalImage(path=str(path), kind=kind, size=size, sha256=digest.hexdigest()), None
 
 
 def _image_kind(data: bytes) -> str | None:
