@@ -75,7 +75,7 @@ from tasks.store.layout import LayoutMismatch, require_layout
 from tasks.store.ledger import WITH_TASK, Ledger, RowRecord, State, connect_ledger, open_ledger
 from tasks.store.manifest import Manifest, read_manifest
 from tasks.store.results import build_results, with_video_urls, write_results
-from tasks.store.storage import LocalOutput, RemoteOutput, open_output, staging_folder
+from tasks.store.storage import LocalOutput, RemoteOutput, is_url, open_output, staging_folder
 
 __all__ = [
     "TASK_MINUTES",
@@ -444,15 +444,15 @@ def batch_share(location: str) -> ShareBatch:
     SQLite ledger, which an object-store location does not have (refused)."""
     if ledger_url():
         return "database"
+    if is_url(location):  # decided from the text alone: no request to the store
+        raise RunRefused(
+            f"{location} holds no ledger, so runs cannot share its batch: a shared "
+            "ledger needs VIDEOBATCH_LEDGER_URL. Nothing was sent."
+        )
     try:
         output = open_output(location)
     except ValueError as exc:
         raise RunRefused(str(exc)) from None
-    if isinstance(output, RemoteOutput):
-        raise RunRefused(
-            f"{output.location} holds no ledger, so runs cannot share its batch: a shared "
-            "ledger needs VIDEOBATCH_LEDGER_URL. Nothing was sent."
-        )
     assert isinstance(output, LocalOutput)
     try:
         require_layout(output.root, "plain")
