@@ -22,6 +22,16 @@ that fails leaves the row `download_failed`, the verified file kept in staging, 
 run uploads that file without fetching the video again. A video counts as there when the
 object's size is the recorded size (the hash was proven as it was sent); a local file is
 never the proof for a store location.
+
+The staged copy is deleted once the store holds the video (`_drop_staged_copy`): after an
+upload that worked, when the ledger records the row `downloaded` with the hash the upload
+proved and the object is in the store at the recorded size; otherwise it is kept (a paid
+video is never lost to save disk). So a run of 100,000 videos keeps only the videos in
+flight on this machine's disk, not all of them. A kill between the upload and the delete
+leaves the copy; the next run that meets the row deletes it once it sees the object intact.
+Nothing else needs the staged video: the ledger holds what was measured of it (size, hash,
+frame size, length), and the results are built from the ledger. (The report's contact sheet
+takes thumbnails from staged videos only; rows whose copy is gone show no preview.)
 """
 
 from __future__ import annotations
@@ -115,7 +125,42 @@ async def _upload(
             f"verified, but the upload to {output.url(key)} failed ({exc}); the video is kept "
             f"in {path.parent} and the next run uploads it",
         )
+    await _drop_staged_copy(runtime, output, row_id, path, sha256)
     return State.DOWNLOADED
+
+
+async def _drop_staged_copy(
+    runtime: Runtime, output: RemoteOutput, row_id: str, path: Path, sha256: str
+) -> bool:
+    """Delete the staged copy `path` of the row's video if, and only if, the ledger records
+    the row `downloaded` with that video (hash `sha256`, the size of `path`) and the store
+    holds the object at that size; whether it was deleted. Any doubt keeps the file."""
+    record = runtime.ledger.get(row_id)
+    key = video_relpath(row_id)
+    if (
+        record is None
+        or record.state != State.DOWNLOADED
+        or record.video_sha256 != sha256
+        or record.video_bytes is None
+        or (record.video_path or key) != key
+    ):
+        return False
+    try:
+        if path.stat().st_size != record.video_bytes:
+            return False
+        if not await asyncio.to_thread(stored_intact, output, record):
+            return False
+        path.unlink()
+    except (StorageError, OSError) as exc:
+        run_logger().warning(
+            "row %s: the staged copy %s is kept (%s); it may be deleted once %s is there",
+            row_id,
+            path.name,
+            exc,
+            output.url(key),
+        )
+        return False
+    return True
 
 
 async def _staged_upload(runtime: Runtime, output: RemoteOutput, record: RowRecord) -> str | None:
@@ -158,7 +203,13 @@ async def already_verified(runtime: Runtime, row_id: str) -> bool:
         return False
     remote = remote_output(runtime)
     if remote is not None:
-        return await asyncio.to_thread(stored_intact, remote, record)
+        if not await asyncio.to_thread(stored_intact, remote, record):
+            return False
+        # A copy a run left behind when it was killed right after its upload.
+        leftover = runtime.out / video_relpath(row_id)
+        if leftover.is_file():
+            await _drop_staged_copy(runtime, remote, row_id, leftover, record.video_sha256)
+        return True
     path = runtime.out / (record.video_path or video_relpath(row_id))
     if path.is_file():
         return await _sha256(path) == record.video_sha256
