@@ -106,9 +106,9 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    """Rows of equal keys as a markdown table."""
-    keys = list(rows[0])
+    """Rows as a markdown table, columns in first-seen order (a missing cell stays empty)."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for row in rows:
-        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+        print("| " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
