@@ -25,7 +25,7 @@ import pytest
 from support.manifests import write_manifest
 
 from apimart import retry
-from apimart.sandbox import RunningSandbox, SandboxConfig, run_in_thread
+from apimart.sandbox import FaultRule, Faults, RunningSandbox, SandboxConfig, run_in_thread
 from tasks.run.lifecycle import open_run
 from tasks.run.options import RunOptions
 from tasks.run.runtime import Runtime
@@ -197,13 +197,14 @@ def recording_proxy(target: str) -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
 
 @contextmanager
-def sandbox() -> Iterator[RunningSandbox]:
-    with run_in_thread(SandboxConfig(api_key=KEY, time_scale=0.002)) as sb:
+def sandbox(faults: Faults | None = None) -> Iterator[RunningSandbox]:
+    config = SandboxConfig(api_key=KEY, time_scale=0.002, faults=faults or Faults())
+    with run_in_thread(config) as sb:
         yield sb
 
 
 @asynccontextmanager
-async def a_run(manifest: Path, out: Path, base_url: str) -> AsyncIterator[Runtime]:
+async def a_run(manifest: Path, out: Path, base_url: str, **extra: Any) -> AsyncIterator[Runtime]:
     """A run as the flow opens it: the manifest is read (and its images checked) here."""
     options = RunOptions(
         manifest=str(manifest),
@@ -212,6 +213,7 @@ async def a_run(manifest: Path, out: Path, base_url: str) -> AsyncIterator[Runti
         poll_initial_delay=0.05,
         poll_interval=0.05,
         submit_rate=1000,
+        **extra,
     )
     async with open_run(options) as runtime:
         yield runtime
@@ -286,3 +288,35 @@ async def test_an_image_changed_after_the_check_leaves_its_row_never_sent(
         stats = sb.state.stats()
         assert stats["tasks_created_by_prompt"] == {"steady image": 1}
         assert stats["submit_requests"] == 1
+
+
+async def test_a_resend_of_a_doubtful_row_whose_image_changed_stays_unknown(
+    tmp_path: Path,
+) -> None:
+    """--resubmit-unknown with the image changed since the check: not resent, still counted."""
+    (tmp_path / "a.png").write_bytes((IMAGES / "sunrise.png").read_bytes())
+    manifest = write_manifest(
+        tmp_path / "m.csv",
+        [{"id": "r0", "prompt": "doubtful", "duration": 4, "image_urls": "a.png"}],
+    )
+    out = tmp_path / "out"
+    with sandbox(Faults(submit_drop_after_create=FaultRule(rate=1.0))) as sb:
+        async with a_run(manifest, out, sb.url) as rt:
+            assert await submit_row(rt, "r0") == State.UNKNOWN  # created and billed, id lost
+        sb.config.faults.submit_drop_after_create = FaultRule()
+        async with a_run(manifest, out, sb.url, resubmit_unknown=True) as rt:
+            first = rt.ledger.get("r0")
+            assert first is not None
+            (tmp_path / "a.png").write_bytes((IMAGES / "logo.png").read_bytes())
+            assert await submit_row(rt, "r0") == State.UNKNOWN
+            record = rt.ledger.get("r0")
+            assert record is not None
+            assert record.error_code == "image_changed"
+            assert "the image changed after the manifest was checked" in (
+                record.error_message or ""
+            )
+            # The first POST is still money at risk; the refused resend reserved nothing.
+            assert record.idempotency_key == first.idempotency_key
+            assert rt.ledger.committed_cost() == pytest.approx(first.estimated_cost)
+            assert rt.budget.committed == pytest.approx(first.estimated_cost)
+        assert sb.state.stats()["tasks_created"] == 1
