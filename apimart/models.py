@@ -173,6 +173,8 @@ def image_sources(images: Sequence[str]) -> tuple[str | LocalImage, ...]:
 
 def _image_urls(values: Iterable[object]) -> Sequence[Any]:
     """A plain tuple, unless a local file is among them (then an ImageUrls)."""
+    if isinstance(values, ImageUrls):
+        return values  # iterating it would read every file
     items = tuple(values)
     if any(isinstance(item, LocalImage) for item in items):
         return ImageUrls(items)  # type: ignore[arg-type]  # other entries are judged later

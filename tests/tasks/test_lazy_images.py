@@ -9,6 +9,7 @@ check and the send keeps its row never-sent.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gc
 import hashlib
 import http.server
@@ -112,6 +113,19 @@ def test_a_local_image_is_held_as_a_reference_with_the_digest_of_its_data_uri(
     inline = next(row for row in manifest.rows if row.id == "inline")
     assert inline.request is not None
     assert inline.request.image_urls == (data_uri((IMAGES / "product.png").read_bytes()),)
+
+
+def test_a_copy_of_a_request_keeps_its_references_and_reads_no_file(tmp_path: Path) -> None:
+    """dataclasses.replace of a request with local images neither reads nor inlines them."""
+    from apimart.models import LocalImage
+
+    manifest = read_manifest(pinned_manifest(tmp_path))
+    one = next(row for row in manifest.rows if row.id == "one")
+    assert one.request is not None
+    (tmp_path / "sunrise.png").unlink()  # reading it now would fail
+    longer = dataclasses.replace(one.request, duration=8)
+    (source,) = longer.image_urls.sources  # type: ignore[attr-defined]
+    assert isinstance(source, LocalImage) and source == one.request.image_urls.sources[0]  # type: ignore[attr-defined]
 
 
 def _text_reachable(root: object) -> int:
