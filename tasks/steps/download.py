@@ -30,8 +30,9 @@ video is never lost to save disk). So a run of 100,000 videos keeps only the vid
 flight on this machine's disk, not all of them. A kill between the upload and the delete
 leaves the copy; the next run that meets the row deletes it once it sees the object intact.
 Nothing else needs the staged video: the ledger holds what was measured of it (size, hash,
-frame size, length), and the results are built from the ledger. (The report's contact sheet
-takes thumbnails from staged videos only; rows whose copy is gone show no preview.)
+frame size, length), and the results are built from the ledger. The report's contact sheet,
+which takes its thumbnails from the staging folder (it never downloads a video), keeps the
+first frame of each deleted copy as a small JPEG (`storage.staged_preview`, ~3 KiB).
 """
 
 from __future__ import annotations
@@ -47,14 +48,20 @@ from apimart.models import Video
 from tasks.errors import StorageError
 from tasks.run.runtime import Runtime, run_logger
 from tasks.steps.poll import TRANSIENT
-from tasks.store.atomic import replace_durably
+from tasks.store.atomic import replace_durably, write_atomically
 
 # Re-exported: callers have long imported it from here.
 from tasks.store.hashing import file_sha256 as file_sha256
 from tasks.store.ledger import Ledger, RowRecord
-from tasks.store.probe import VideoUnreadable, probe_video
+from tasks.store.probe import VideoUnreadable, first_frame_thumbnail, probe_video
 from tasks.store.states import DOWNLOADABLE, State
-from tasks.store.storage import RemoteOutput, is_url, open_output
+from tasks.store.storage import (
+    PREVIEW_WIDTH,
+    RemoteOutput,
+    is_url,
+    open_output,
+    staged_preview,
+)
 
 VIDEOS_DIR = "videos"
 
@@ -150,6 +157,7 @@ async def _drop_staged_copy(
             return False
         if not await asyncio.to_thread(stored_intact, output, record):
             return False
+        await asyncio.to_thread(_keep_preview, path)
         path.unlink()
     except (StorageError, OSError) as exc:
         run_logger().warning(
@@ -185,6 +193,17 @@ async def _staged_upload(runtime: Runtime, output: RemoteOutput, record: RowReco
                 )
             return await _upload(runtime, output, record.row_id, path, record.video_sha256)
     return None
+
+
+def _keep_preview(video: Path) -> None:
+    """The video's first frame beside it (`staged_preview`), for the report's contact sheet.
+    Only a picture: a video that yields none is still deleted (the store holds it)."""
+    try:
+        preview = first_frame_thumbnail(video, width=PREVIEW_WIDTH)
+    except Exception as exc:
+        run_logger().info("%s: no preview kept (%s)", video.name, exc)
+        return
+    write_atomically(staged_preview(video), lambda handle: handle.write(preview.data))
 
 
 async def _sha256(path: Path) -> str:

@@ -89,6 +89,7 @@ __all__ = [
     "download",
     "is_url",
     "open_output",
+    "staged_preview",
     "staging_folder",
 ]
 
@@ -190,6 +191,19 @@ def staging_folder(location: str | Path | Output, root: Path) -> Path:
     digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
     label = re.sub(r"[^A-Za-z0-9._-]+", "-", url.split("://", 1)[1])[:60]
     return root / f"{label}-{digest}"
+
+
+# The width of a staged video's preview: the report's thumbnail width, so the report's own
+# thumbnail of the preview loses nothing.
+PREVIEW_WIDTH: Final = 240
+
+
+def staged_preview(video: Path) -> Path:
+    """Where the first frame of a staged video (`videos/<id>.mp4` in a staging folder) stays
+    as a small JPEG once the video itself is in the store and its local copy deleted: hidden
+    and not an .mp4, so it is never taken for the video. PyAV reads it as it reads the video
+    (`probe.first_frame_thumbnail` of it is the thumbnail), so a contact sheet needs no video."""
+    return video.with_name(f".{video.name}.preview.jpg")
 
 
 def download(location: str, folder: Path, *, max_bytes: int | None = None) -> Path:

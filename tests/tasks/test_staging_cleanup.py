@@ -23,9 +23,11 @@ from tasks.steps.download import download_row, staging_path, video_relpath
 from tasks.steps.poll import poll_row
 from tasks.steps.submit import submit_row
 from tasks.store.ledger import State
-from tasks.store.storage import staging_folder
+from tasks.store.probe import first_frame_thumbnail
+from tasks.store.storage import PREVIEW_WIDTH, staged_preview, staging_folder
 
 s3_server, s3_out = s3kit.s3_server, s3kit.s3_out
+pytestmark = pytest.mark.slow  # starts moto_server once per session
 
 KEY = "sk-staging-cleanup-canary-81c3"
 
@@ -60,9 +62,11 @@ async def _paid_and_completed(runtime: Runtime) -> None:
 
 
 def _staged(out: str) -> list[str]:
-    """Every file under the staging folder's videos/ (copies, hidden or not)."""
+    """Every copy of a video in the staging folder's videos/, hidden or not (previews aside)."""
     videos = staging_folder(out, staging_root()) / "videos"
-    return sorted(p.name for p in videos.iterdir()) if videos.is_dir() else []
+    if not videos.is_dir():
+        return []
+    return sorted(p.name for p in videos.iterdir() if not p.name.endswith(".preview.jpg"))
 
 
 def _downloads(sb: RunningSandbox) -> int:
@@ -78,8 +82,8 @@ async def test_a_verified_upload_deletes_the_staged_copy_and_the_results_still_d
     tmp_path: Path, s3_out: str, s3_server: s3kit.S3Server
 ) -> None:
     """Once the video is recorded and in the bucket at its size, no copy of it is left in the
-    staging folder; the results (hash, size, frame size, length) and the report are still
-    written from the ledger."""
+    staging folder, only a small preview of its first frame; the results (hash, size, frame
+    size, length) and the report are still written from the ledger."""
     with run_in_thread(SandboxConfig(api_key=KEY, time_scale=0.002)) as sb:
         async with _run(tmp_path, s3_out, sb) as runtime:
             await _paid_and_completed(runtime)
@@ -87,6 +91,10 @@ async def test_a_verified_upload_deletes_the_staged_copy_and_the_results_still_d
             record = runtime.ledger.get("r0")
             assert _staged(s3_out) == []
             finish_run(runtime)
+    # What the contact sheet needs of the video stays: its first frame, at the report's width.
+    video = staging_folder(s3_out, staging_root()) / video_relpath("r0")
+    thumbnail = first_frame_thumbnail(staged_preview(video), width=PREVIEW_WIDTH)
+    assert (thumbnail.width, thumbnail.height) == (240, 136)
     assert record is not None and record.video_sha256 and record.video_width
     body = _object(s3_server, s3_out)
     assert hashlib.sha256(body).hexdigest() == record.video_sha256
