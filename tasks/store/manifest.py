@@ -603,24 +603,20 @@ class _ImageResolver:
         the digest equals hashlib.sha256(data_uri.encode()) without the URI ever built."""
         data: bytes = handle.read(_DIGEST_CHUNK)
         kind = _image_kind(data)
+        if kind is None:
+            return None, f"not a {self._KINDS} image (judged by its content, not its name)"
+        digest = hashlib.sha256(f"data:image/{kind};base64,".encode())
         size = 0
-        digest = hashlib.sha256()
         left = b""  # the 0-2 bytes of the last read that do not fill a base64 quantum
         while data:
             size += len(data)
-            if size > self._max_bytes:
+            if size > self._max_bytes:  # it grew since fstat
                 return None, f"file is over the limit of {self._max_bytes} bytes"
-            if kind is None:
-                break
-            if size == len(data):
-                digest.update(f"data:image/{kind};base64,".encode())
             block = left + data if left else data
             cut = len(block) - len(block) % 3
             digest.update(base64.b64encode(block[:cut]))
             left = block[cut:]
             data = handle.read(_DIGEST_CHUNK)
-        if kind is None:
-            return None, f"not a {self._KINDS} image (judged by its content, not its name)"
         digest.update(base64.b64encode(left))
         return LocalImage(path=str(path), kind=kind, size=size, sha256=digest.hexdigest()), None
 
