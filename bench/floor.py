@@ -54,11 +54,19 @@ async def one_row(
     return "completed"
 
 
-async def floor(url: str, rows: int, concurrency: int, interval: float) -> dict[str, Any]:
+async def floor(
+    url: str, rows: int, concurrency: int, interval: float, *, httpx_default_limits: bool = False
+) -> dict[str, Any]:
+    """The floor's numbers. `httpx_default_limits` uses httpx's own pool (100 connections, 20
+    kept alive), as a client built without `limits=` gets, instead of one per slot."""
     out = Path(tempfile.mkdtemp(prefix="vb-floor-"))
     counts = {"posts": 0, "gets": 0, "downloads": 0}
     slots = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    limits = (
+        httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        if httpx_default_limits
+        else httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    )
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as http:
 
@@ -84,10 +92,26 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--interval", type=float, default=0.5, help="fixed poll interval, s")
     parser.add_argument("--time-scale", type=float, default=0.01)
+    parser.add_argument(
+        "--compare-limits",
+        action="store_true",
+        help="run twice in turn with httpx's default pool and with one connection per slot",
+    )
     args = parser.parse_args()
     with sandbox_process(time_scale=args.time_scale) as sandbox:
-        result = asyncio.run(floor(sandbox.url, args.rows, args.concurrency, args.interval))
-    print(json.dumps(result, indent=2))
+        variants = [False, True, False, True] if args.compare_limits else [False]
+        for default_limits in variants:
+            result = asyncio.run(
+                floor(
+                    sandbox.url,
+                    args.rows,
+                    args.concurrency,
+                    args.interval,
+                    httpx_default_limits=default_limits,
+                )
+            )
+            result["pool"] = "httpx default (100/20)" if default_limits else "one per slot"
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
