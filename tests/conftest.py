@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 # pytest puts tests/ on the path for this file anyway (tests/ has no __init__.py); saying so
@@ -54,6 +54,9 @@ os.environ.pop("APIMART_BASE_URL", None)
 
 import pytest  # noqa: E402
 
+if TYPE_CHECKING:
+    from support.postgres import PostgresServer
+
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
@@ -69,6 +72,16 @@ def prefect_api() -> Iterator[str]:
         prefect_test_harness(server_startup_timeout=120),
     ):
         yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server per test process (a temporary cluster, or VIDEOBATCH_TEST_PG_URL),
+    shared by every test folder; each module that uses it makes a database of its own."""
+    from support.postgres import postgres_server
+
+    with postgres_server() as server:
+        yield server
 
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:

@@ -20,7 +20,7 @@ from clikit import (
     results,
     write_manifest,
 )
-from support.postgres import PostgresServer, postgres_server
+from support.postgres import PostgresServer
 from support.waiting import wait_for
 
 from apimart.sandbox import Faults
@@ -32,22 +32,16 @@ pytestmark = pytest.mark.slow
 PASSWORD = "pw-CANARY-cli-db-93ab17"
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    with postgres_server() as server:
-        yield server
-
-
 @pytest.fixture
-def ledger_url(pg: PostgresServer) -> Iterator[str]:
+def ledger_url(pg_server: PostgresServer) -> Iterator[str]:
     """A fresh database owned by a role with a password: the URL holds a secret."""
-    url = pg.create_database()
+    url = pg_server.create_database()
     role = f"vb_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg.base_url, autocommit=True) as conn:
+    with psycopg.connect(pg_server.base_url, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
         conn.execute(f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" OWNER TO {role}')
     yield f"postgresql://{role}:{PASSWORD}@{url.split('@', 1)[1]}"
-    pg.drop_database(url)
+    pg_server.drop_database(url)
 
 
 def test_two_processes_share_one_batch_with_one_task_per_row_and_leak_no_secret(

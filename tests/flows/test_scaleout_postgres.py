@@ -19,7 +19,7 @@ from flowkit import (
     in_process_sandbox,
     write_manifest,
 )
-from support.postgres import PostgresServer, postgres_server
+from support.postgres import PostgresServer
 
 from apimart.sandbox import Faults
 from tasks.run.lifecycle import batch_name
@@ -31,19 +31,13 @@ pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 PASSWORD = "pw-CANARY-db-5f1e0b"
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    with postgres_server() as server:
-        yield server
-
-
 @pytest.fixture
-def ledger_url(pg: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def ledger_url(pg_server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh database owned by a role with a password, named by VIDEOBATCH_LEDGER_URL."""
-    url = pg.create_database()
+    url = pg_server.create_database()
     role = f"vb_{uuid.uuid4().hex[:8]}"
     database = url.rsplit("/", 1)[1]
-    with psycopg.connect(pg.base_url, autocommit=True) as conn:
+    with psycopg.connect(pg_server.base_url, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
         conn.execute(f'ALTER DATABASE "{database}" OWNER TO {role}')
     host = url.split("@", 1)[1]
@@ -51,7 +45,7 @@ def ledger_url(pg: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     monkeypatch.setenv("VIDEOBATCH_LEDGER_URL", with_password)
     monkeypatch.setenv("APIMART_API_KEY", API_KEY)
     yield with_password
-    pg.drop_database(url)
+    pg_server.drop_database(url)
 
 
 def _rows(n: int, word: str = "shared") -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """Ledger backends for the tests of tasks/: `site` opens ledgers on SQLite and on PostgreSQL.
 
-The PostgreSQL server is one per session (a temporary cluster, or `VIDEOBATCH_TEST_PG_URL`);
+The PostgreSQL server is the session's `pg_server` (tests/conftest.py);
 each test module gets its own database and each test its own batches, so nothing one test
 writes is seen by another.
 """
@@ -14,16 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.postgres import PostgresServer, postgres_server
+from support.postgres import PostgresServer
 
 from tasks.store.ledger import Ledger, connect_ledger, open_ledger
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL server for the session."""
-    with postgres_server() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
