@@ -82,9 +82,19 @@ FIRST_PHASE = 0.5
 # With only the prior, plans aim at (1 - PRIOR_MARGIN) * lag_target; the margin fades as the
 # prior's share of the weight does.
 PRIOR_MARGIN = 0.1
+# Every plan aims this much under the lag target: the plan's lag is a query's planned time,
+# while a real one starts a little late (the rate cap) and its answer takes time.
+LAG_MARGIN = 0.03
 # A plan is rebuilt once the observations learned since the last one reach this share of
 # those held (at least one): a plan costs tens of milliseconds of CPU.
 REPLAN_SHARE = 0.1
+# Tasks still running are re-checked once the moves of their ages reach this share of all
+# that is held, finished and running (at least one move)...
+RUNNING_CHECK_SHARE = 0.1
+# ... and the plan is rebuilt for them once the survival curve moved this much somewhere
+# (or the top of the learned range by RANGE_TOLERANCE_S seconds).
+SURVIVAL_TOLERANCE = 0.05
+RANGE_TOLERANCE_S = 15.0
 DEFAULT_LAG_TARGET_S = 10.0
 _SCHEMA = 1
 
@@ -117,6 +127,12 @@ class Schedule:
     expected_queries: float
     expected_lag: float
     lag_target: float
+    # The plan as a policy: steps[k] is the best next query after one at second
+    # steps_from + k, whatever came before. A task planned under an older model (the model
+    # learned meanwhile) continues from where it is, not from the nearest point of a path it
+    # never followed, which would put two queries a few seconds apart.
+    steps: tuple[float, ...] = ()
+    steps_from: int = 0
 
     def tail_gap(self, elapsed: float) -> float:
         """The gap after a query at `elapsed` past the learned range: grows, bounded."""
@@ -135,9 +151,13 @@ class Schedule:
     def next_query(self, elapsed: float) -> float:
         """Elapsed time (since submission) of the next query after one made at `elapsed`.
 
-        The next planned time, but at least `MIN_GAP_S` after `elapsed`: a query that ran late
-        (rate cap, slow answer) is not followed by a burst, nor does it skip a planned point.
+        The plan's best next query after one at `elapsed` (its policy, `steps`), else the next
+        planned time; at least `MIN_GAP_S` after `elapsed`: a query that ran late (rate cap,
+        slow answer) is not followed by a burst, nor does it skip a planned point.
         """
+        step = int(elapsed) - self.steps_from
+        if 0 <= step < len(self.steps):
+            return max(self.steps[step], elapsed + MIN_GAP_S)
         index = bisect.bisect_right(self.times, elapsed)
         if index < len(self.times):
             return max(self.times[index], elapsed + MIN_GAP_S)
@@ -176,6 +196,13 @@ class DurationModel:
     _log_mu: dict[float, float] = field(default_factory=dict, init=False, repr=False, compare=False)
     # observations learned since the cached grid was built (forgetting keeps the total flat)
     _unplanned: float = field(default=0.0, init=False, repr=False, compare=False)
+    # Tasks still running, as right-censored observations: whole seconds each is known to
+    # have run -> how many. A snapshot the caller keeps current (`running`); never stored.
+    _running: dict[int, float] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # changes to `_running` since the plan's survival was last checked against it
+    _running_moves: float = field(default=0.0, init=False, repr=False, compare=False)
+    # the prior and the smoothed finished tasks on 1 s cells, before censoring (cached)
+    _base: list[float] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low > 0):
@@ -223,6 +250,40 @@ class DurationModel:
             self.counts[index] = self.counts.get(index, 0.0) + weight
             self._unplanned += weight
         self._forget()
+
+    # -- tasks still running (right-censored) ---------------------------------------------
+    @property
+    def running_count(self) -> float:
+        """How many tasks still running the model counts (each one says "T > its age")."""
+        return sum(self._running.values())
+
+    def running(self, before: float | None, after: float | None) -> None:
+        """Move one task still running from known age `before` to `after` (seconds since
+        submission when an answer last showed it running): None as `before` adds a task,
+        None as `after` removes one (it ended, or is no longer watched). O(1): the caller
+        (the scheduler) calls it on every answer.
+
+        Finished tasks alone under-estimate durations while tasks are still running: early in
+        a wave only the short ones have finished. A task running for 200 s says "longer than
+        200 s", and the model counts that (Kaplan-Meier, see `_censor`).
+        """
+        for age, sign in ((before, -1.0), (after, 1.0)):
+            if age is None or not (math.isfinite(age) and age >= 1.0):
+                continue
+            cell = int(min(age, MAX_DURATION_S))
+            weight = self._running.get(cell, 0.0) + sign
+            if weight > 1e-9:
+                self._running[cell] = weight
+            else:
+                self._running.pop(cell, None)
+            self._running_moves += 1.0
+
+    def set_running(self, ages: Iterable[float]) -> None:
+        """Replace the tasks still running by tasks of these known ages (seconds)."""
+        self._running = {}
+        self._running_moves += 1.0
+        for age in ages:
+            self.running(None, age)
 
     def _forget(self) -> None:
         total = self.observations
@@ -327,7 +388,9 @@ class DurationModel:
         # (uniform 180-300 s) into tails that cost a query per task for nothing.
         return min(30.0, max(3.0, 0.5 * 1.06 * max(spread, 1.0) * total ** (-0.2)))
 
-    def _build_grid(self) -> _Grid:
+    def _build_base(self) -> list[float]:
+        """Prior and finished tasks on 1 s cells, in observation units (sums to
+        prior_weight + observations): mass[i] for durations in [i, i + 1)."""
         sigma = self._bandwidth()
         prior_sigma = max(5.0, 0.05 * (self.high - self.low))
         top = max(
@@ -335,8 +398,6 @@ class DurationModel:
         )
         cells = math.ceil(top) + 1
         mass = [0.0] * cells
-        total = self.observations
-        norm = self.prior_weight + total
         # The prior: uniform on [low, high] smoothed by a Gaussian, at each cell's midpoint.
         prior = [
             _phi((i + 0.5 - self.low) / prior_sigma) - _phi((i + 0.5 - self.high) / prior_sigma)
@@ -356,7 +417,45 @@ class DurationModel:
             scale = weight / sum(kernel)
             for offset, k in enumerate(kernel):
                 mass[first + offset] += k * scale
-        mass = [m / norm for m in mass]
+        return mass
+
+    def _censor(self, base: Sequence[float]) -> list[float]:
+        """The distribution (mass per 1 s cell, summing to 1) given `base` (prior and
+        finished tasks, as events) and the tasks still running (right-censored).
+
+        Kaplan-Meier's product-limit estimate with the prior as `prior_weight` pseudo-events:
+        the hazard of cell i is its event mass over the weight still at risk there (every
+        event at or after i, every running task known to have run past i), and
+        S(i + 1) = S(i) * (1 - hazard). With nothing running this is `base` normalised; with
+        many tasks running past 200 s and a few finished before, it keeps most of the mass
+        past 200 s, spread there as the prior and the later finished tasks say. A running
+        task that has outlived all the event mass leaves its share in the last cell.
+        """
+        running = self._running
+        cells = max(len(base), max(running, default=0) + 1)
+        mass = list(base) + [0.0] * (cells - len(base))
+        total = sum(mass)
+        if not running:
+            return [m / total for m in mass]
+        # running_after[i]: running tasks known to have outlived cell i (age >= i + 1 s)
+        running_after = [0.0] * cells
+        outlived = 0.0
+        for i in range(cells - 1, -1, -1):
+            outlived += running.get(i + 1, 0.0)
+            running_after[i] = outlived
+        out = [0.0] * cells
+        survival, events_left = 1.0, total
+        for i, events in enumerate(mass):
+            at_risk = events_left + running_after[i]
+            if events > 0 and at_risk > 0:
+                out[i] = survival * min(1.0, events / at_risk)
+                survival -= out[i]
+            events_left -= events
+        out[-1] += max(0.0, survival)
+        return out
+
+    def _grid_from(self, mass: Sequence[float]) -> _Grid:
+        cells = len(mass)
         survival = [0.0] * (cells + 1)
         running = 0.0
         for i in range(cells - 1, -1, -1):
@@ -377,19 +476,40 @@ class DurationModel:
             mean=sum(survival[:cells]),
         )
 
+    def _build_grid(self) -> _Grid:
+        self._base = self._build_base()
+        self._running_moves = 0.0
+        return self._grid_from(self._censor(self._base))
+
     def _fresh_grid(self) -> _Grid:
         stale = self._unplanned > 0 and self._unplanned >= max(
             1.0, REPLAN_SHARE * self.observations
         )
-        if stale or self._grid is None:
+        if stale or self._grid is None or self._base is None:
             self._grid = self._build_grid()
             self._unplanned = 0.0
             self._schedules = {}
+        elif self._running_moves >= max(
+            1.0, RUNNING_CHECK_SHARE * (self.running_count + self.observations)
+        ):
+            # The running tasks moved on: a cheap product-limit pass (no kernels, no plan)
+            # says whether the distribution moved enough to be worth a new plan.
+            self._running_moves = 0.0
+            grid = self._grid_from(self._censor(self._base))
+            # Past the learned range the plan is a fixed back-off: only the range matters.
+            span = math.ceil(min(grid.range_high, self._grid.range_high)) + 1
+            new, planned = grid.survival[:span], self._grid.survival[:span]
+            moved = max(abs(a - b) for a, b in zip(new, planned, strict=True))
+            shifted = abs(grid.range_high - self._grid.range_high)
+            if moved >= SURVIVAL_TOLERANCE or shifted >= RANGE_TOLERANCE_S:
+                self._grid = grid
+                self._schedules = {}
         return self._grid
 
     def refresh(self) -> None:
         """Rebuild the plan from every observation now (planning is otherwise lazy)."""
         self._grid = None
+        self._base = None
         self._fresh_grid()
 
     def survival(self, elapsed: float) -> float:
@@ -418,9 +538,12 @@ class DurationModel:
         cached = self._schedules.get(lag_target)
         if cached is None:
             # A margin while the prior still weighs: it is a guess, and the real distribution
-            # may crowd where the prior's plan has its widest gaps (early in the range).
-            share = self.prior_weight / (self.prior_weight + self.observations)
-            aim = lag_target * (1.0 - PRIOR_MARGIN * share)
+            # may crowd where the prior's plan has its widest gaps (early in the range). Past
+            # the ages of the running tasks nothing has finished yet: only the prior (and
+            # older tasks) speak there, so running tasks keep the margin up too.
+            unsure = self.prior_weight + self.running_count
+            share = unsure / (unsure + self.observations)
+            aim = lag_target * (1.0 - LAG_MARGIN - PRIOR_MARGIN * share)
             cached, self._log_mu[lag_target] = _calibrate(grid, aim, self._log_mu.get(lag_target))
             cached = replace(cached, lag_target=lag_target)
             self._schedules[lag_target] = cached
@@ -590,7 +713,9 @@ class _Optimiser:
         low = min(t, top)
         return u * (cm[top] - cm[low]) - (mo[top] - mo[low])
 
-    def plan(self, mu: float) -> list[float]:
+    def plan(self, mu: float) -> tuple[list[float], list[float]]:
+        """(the path of query times from the best first one, the best next query after one
+        at each second begin..end-1)."""
         grid, begin, end = self.grid, self.begin, self.end
         cm, mo, survival = self.cum_mass, self.cum_moment, grid.survival
         top = len(cm) - 1
@@ -623,7 +748,7 @@ class _Optimiser:
         while t < end:
             t = choice[t]
             times.append(float(t))
-        return times
+        return times, [float(u) for u in choice[begin:end]]
 
 
 def _calibrate(grid: _Grid, lag_target: float, hint: float | None = None) -> tuple[Schedule, float]:
@@ -634,10 +759,10 @@ def _calibrate(grid: _Grid, lag_target: float, hint: float | None = None) -> tup
     """
     optimiser = _Optimiser(grid)
 
-    def build(log_mu: float) -> tuple[list[float], float, float]:
-        times = optimiser.plan(math.exp(log_mu))
-        queries, lag = _evaluate(grid, times, MIN_GAP_S)
-        return times, queries, lag
+    def build(log_mu: float) -> tuple[tuple[list[float], list[float]], float, float]:
+        plan = optimiser.plan(math.exp(log_mu))
+        queries, lag = _evaluate(grid, plan[0], MIN_GAP_S)
+        return plan, queries, lag
 
     low, high, steps = math.log(1e-4), math.log(1e3), 16
     best = None
@@ -657,7 +782,7 @@ def _calibrate(grid: _Grid, lag_target: float, hint: float | None = None) -> tup
             high, best = middle, candidate
         else:
             low = middle
-    times, queries, lag = best
+    (times, policy), queries, lag = best
     return Schedule(
         times=tuple(times),
         range_low=grid.range_low,
@@ -666,4 +791,6 @@ def _calibrate(grid: _Grid, lag_target: float, hint: float | None = None) -> tup
         expected_queries=queries,
         expected_lag=lag,
         lag_target=lag_target,
+        steps=tuple(policy),
+        steps_from=optimiser.begin,
     ), high

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from apimart.errors import ProtocolError, RateLimitError, ServerError, TransportError
@@ -63,14 +63,18 @@ def fixed_schedule(options: RunOptions) -> FixedSchedule | None:
     return FixedSchedule(initial_delay=interval if initial is None else initial, interval=interval)
 
 
+def stored_model(stored: str | None, options: RunOptions) -> DurationModel:
+    """The model a folder (or shared batch) learned, as its ledger's meta key
+    `DurationModel.META_KEY` holds it (`stored`), under the run's configured prior; the
+    prior alone when nothing (readable) is stored yet."""
+    return DurationModel.load(
+        stored, low=options.poll_duration_low, high=options.poll_duration_high
+    )
+
+
 def restore_model(runtime: Runtime) -> DurationModel:
     """The model this folder learned (ledger meta), under the run's configured prior."""
-    options = runtime.options
-    return DurationModel.load(
-        runtime.ledger.meta(DurationModel.META_KEY),
-        low=options.poll_duration_low,
-        high=options.poll_duration_high,
-    )
+    return stored_model(runtime.ledger.meta(DurationModel.META_KEY), runtime.options)
 
 
 def describe(scheduler: PollScheduler) -> str:
@@ -197,15 +201,48 @@ async def private_poller(runtime: Runtime) -> AsyncIterator[PollScheduler]:
         yield scheduler
 
 
+def eta_seconds(
+    model: DurationModel, *, unfinished: int, running: Sequence[float], concurrency: int
+) -> float:
+    """Seconds until the last of `unfinished` rows is done: the tasks running (`running`,
+    seconds since each was submitted) end as the duration model expects for their age, and
+    the rest start as slots free, at most `concurrency` at once (`DurationModel.eta`).
+
+    The one ETA of a run: the progress artifact (`eta_of`, from the scheduler's watches) and
+    the command line's progress line (from the ledger) both say this. It comes from the
+    model, not from recent throughput, which the first wave makes meaningless (every slot
+    submitted at once, nothing finished for minutes). More tasks running than rows unfinished
+    (a view a moment old) keeps the youngest: the oldest are likeliest to have ended.
+    """
+    if unfinished <= 0:
+        return 0.0
+    ages = sorted(max(0.0, age) for age in running)[:unfinished]
+    return model.eta(unfinished - len(ages), max(1, concurrency), ages)
+
+
+def eta_clock(seconds: float) -> str:
+    """An ETA as the command line prints it: "45s", "4m10s", "2h05m"."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
 def eta_of(runtime: Runtime) -> Callable[[int], float | None]:
     """ETA in seconds for `unfinished` rows of this run (for the progress artifact): the
-    tasks being polled, then the rest at the concurrency cap, by the duration model."""
+    tasks being polled, then the rest at the concurrency cap (`eta_seconds`)."""
 
     def eta(unfinished: int) -> float | None:
         scheduler = runtime.poller
-        if scheduler is None or unfinished <= 0:
-            return None if scheduler is None else 0.0
-        waiting = max(0, unfinished - scheduler.in_flight)
-        return scheduler.eta(waiting, runtime.options.concurrency)
+        if scheduler is None:
+            return None
+        return eta_seconds(
+            scheduler.model,
+            unfinished=unfinished,
+            running=scheduler.ages(),
+            concurrency=runtime.options.concurrency,
+        )
 
     return eta

@@ -141,6 +141,7 @@ class Watch:
     """One task being watched. Await it for the terminal `Task`; read its counters."""
 
     __slots__ = (
+        "alive_at",
         "deadline",
         "failures",
         "future",
@@ -164,6 +165,9 @@ class Watch:
         self.problem: str | None = None
         self.last_task: Task | None = None
         self.lag: float | None = None  # detection lag, once finished
+        # seconds since submission when a query last found the task running (the model
+        # counts it as running at least that long)
+        self.alive_at: float | None = None
 
     def __await__(self) -> Generator[Any, None, Task]:
         return self.future.__await__()
@@ -321,7 +325,7 @@ class PollScheduler:
 
     def forget(self, watch: Watch) -> None:
         """Stop watching (its caller went away, cancelled): no further query, not in flight."""
-        self._active.discard(watch)
+        self._drop(watch)
         if not watch.future.done():
             watch.future.cancel()
 
@@ -334,12 +338,15 @@ class PollScheduler:
     def in_flight(self) -> int:
         return len(self._active)
 
+    def ages(self) -> list[float]:
+        """Seconds since submission of every task in flight."""
+        now = self._now()
+        return [now - w.origin for w in self._active]
+
     def eta(self, rows_left: int, concurrency: int) -> float:
         """Expected seconds until the last row ends: the tasks in flight, then `rows_left`
         more at `concurrency` at once (`DurationModel.eta`)."""
-        now = self._now()
-        elapsed = [now - w.origin for w in self._active]
-        return self.model.eta(rows_left, concurrency, elapsed)
+        return self.model.eta(rows_left, concurrency, self.ages())
 
     # -- scheduling -------------------------------------------------------------------------
     def _schedule(self) -> Schedule:
@@ -448,6 +455,8 @@ class PollScheduler:
                 return
         self.stats.queries += 1
         watch.sent += 1
+        # A task that answers "running" was running when the query left.
+        asked_at = self._now() - watch.origin
         try:
             async with asyncio.timeout(max(watch.deadline - self._now(), MIN_QUERY_S)):
                 task = await self._query_fn(watch.task_id)
@@ -478,6 +487,7 @@ class PollScheduler:
             if task.is_terminal:
                 self._finish(watch, task)
             else:
+                self._still_running(watch, asked_at)
                 self._reschedule(watch)
 
     def _observe(self, watch: Watch, outcome: Task | BaseException) -> None:
@@ -500,10 +510,25 @@ class PollScheduler:
         pause = min(MAX_PAUSE_S, DEFAULT_PAUSE_S if hint is None else hint)
         self._paused_until = max(self._paused_until, now + pause)
 
+    def _still_running(self, watch: Watch, age: float) -> None:
+        """Tell the model this task has run at least `age` seconds (a censored duration)."""
+        if self._learn and (watch.alive_at is None or age > watch.alive_at):
+            self.model.running(watch.alive_at, age)
+            watch.alive_at = age
+
+    def _drop(self, watch: Watch) -> None:
+        """No longer in flight: neither on the heap's live set nor counted as running."""
+        self._active.discard(watch)
+        if watch.alive_at is not None:
+            self.model.running(watch.alive_at, None)
+            watch.alive_at = None
+
     # -- endings ----------------------------------------------------------------------------
     def _finish(self, watch: Watch, task: Task) -> None:
         self.stats.finished += 1
         seconds = duration_of(task)
+        # Out of the running tasks first: the same task is not counted twice by the model.
+        self._drop(watch)
         if task.status == spec.STATUS_COMPLETED:
             self.stats.completed += 1
             if self._learn and seconds is not None:
@@ -511,7 +536,6 @@ class PollScheduler:
         if seconds is not None:
             watch.lag = max(0.0, (self._now() - watch.origin) - seconds)
             self.stats.lags.append(watch.lag)
-        self._active.discard(watch)
         watch.future.set_result(task)
 
     def _time_out(self, watch: Watch) -> None:
@@ -527,7 +551,7 @@ class PollScheduler:
         )
 
     def _fail(self, watch: Watch, error: BaseException) -> None:
-        self._active.discard(watch)
+        self._drop(watch)
         if not watch.future.done():
             watch.future.set_exception(error)
 
