@@ -72,7 +72,6 @@ LEASE_S = DEFAULT_LEASE_S
 # Rows of the batch another live run holds while still on their way: a run whose own claims
 # came back empty waits for them (their run may die and leave them) at most this many leases.
 TAKEOVER_WAIT_LEASES = 2
-TAKEOVER_WAIT_S = TAKEOVER_WAIT_LEASES * LEASE_S
 _ON_THEIR_WAY = frozenset({State.PENDING, State.INTENT, State.SUBMITTED, State.COMPLETED})
 
 
