@@ -62,7 +62,6 @@ from tasks.run.runtime import (
     new_run_id,
     run_logger,
 )
-from tasks.steps.chunk import LEASE_S
 from tasks.steps.download import remote_output, stored_sizes, video_relpath
 from tasks.steps.submit import send_decision, shares_batch
 
@@ -379,7 +378,7 @@ async def open_run(
                     cap=options.max_cost,
                     committed=ledger.committed_cost(),
                     ledger=ledger,
-                    hold_s=LEASE_S,
+                    hold_s=options.lease_seconds,
                 )
                 if shares_batch(ledger)
                 else Budget(cap=options.max_cost, committed=ledger.committed_cost())
