@@ -313,7 +313,7 @@ def wait_for_ledger(
     *,
     what: str,
     on_disk: Callable[[Path], bool] | None = None,
-    timeout: float = 60.0,
+    timeout: float = 180.0,  # a loaded CI machine: only a failing test waits it out
     every: float = 0.01,
 ) -> dict[str, int]:
     """Watch the ledger until `until(counts)` (and `on_disk(out)`, if given) holds; fail if
