@@ -16,6 +16,7 @@ from support.manifests import prompt_rows, write_manifest
 
 from apimart import retry
 from apimart.sandbox import SandboxConfig, run_in_thread
+from tasks.errors import RunRefused
 from tasks.run.lifecycle import open_run, rows_left, rows_needing_work
 from tasks.run.options import RunOptions
 from tasks.steps.chunk import claim_states
@@ -86,3 +87,40 @@ async def test_a_row_recorded_downloaded_but_never_uploaded_is_left_to_do_for_th
         "the parent counts a paid video that is in no bucket as done, so it starts no "
         "replacement and ends Completed"
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a run on VIDEOBATCH_LEDGER_URL into a local folder never looks at the folder's "
+    "own OUT/ledger.sqlite (nor takes its lock), so it pays again for every row paid there",
+)
+async def test_a_database_run_into_a_folder_whose_sqlite_ledger_holds_paid_rows_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str
+) -> None:
+    """A folder whose rows were paid through its own SQLite ledger (a plain run, or the members
+    of a shared folder batch) is refused by a run whose environment names a database ledger,
+    before anything is sent: two ledgers for one folder would pay for every row twice."""
+    prompt = "a paper boat on a pond"
+    manifest_path = write_manifest(tmp_path / "m.csv", prompt_rows([prompt]))
+    out = tmp_path / "out"
+    with run_in_thread(SandboxConfig(api_key=KEY, time_scale=0.004)) as sb:
+        options = RunOptions(
+            manifest=str(manifest_path),
+            out=str(out),
+            base_url=sb.url,
+            poll_initial_delay=0.02,
+            poll_interval=0.02,
+            submit_rate=1000,
+            report=False,
+        )
+        monkeypatch.delenv("VIDEOBATCH_LEDGER_URL")
+        async with open_run(options) as plain:
+            assert await submit_row(plain, "r0") == State.SUBMITTED
+        monkeypatch.setenv("VIDEOBATCH_LEDGER_URL", pg_url)
+        with pytest.raises(RunRefused):
+            async with open_run(options) as other:
+                claim = other.ledger.claim(other.run_id, 10, lease_s=600)
+                for row in claim.rows:
+                    await submit_row(other, row.row_id)
+        created = sb.state.stats()["tasks_created_by_prompt"]
+    assert created.get(prompt) == 1, f"the row was paid for {created.get(prompt)} times"
