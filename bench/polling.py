@@ -20,7 +20,8 @@ Schedules: fixed 5, 8 (today's default) and 10 s intervals (rate cap lifted so t
 they say); the adaptive one at the defaults (lag target 10 s, 4 queries/s) with learning off
 ("prior only"), and with learning, split into wave 1 (the first `concurrency` rows, planned
 from the prior and learning as the wave finishes) and waves 2+ (learned); "restored" is a
-second run that starts from the first run's model, stored and read back as JSON.
+second run that starts from the first run's model, stored and read back as JSON. Learning
+counts the tasks still running as right-censored durations (see `tasks.run.duration`).
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from tasks.run import environment  # RunOptions and pydantic, no Prefect
 from tasks.store.states import DONE, DOUBTFUL
 
 if TYPE_CHECKING:
+    from tasks.run.duration import DurationModel
     from tasks.run.options import RunOptions
     from tasks.store.ledger import Ledger
     from tasks.store.manifest import Manifest
@@ -239,14 +240,70 @@ def _ledger_place(out: str) -> str:
     return f"{out}/ledger.sqlite"
 
 
-class _Watcher:
-    """Shows progress by reading the ledger (read-only) beside the running flow."""
+# The progress line's ETA reads the submission times of the tasks in flight at most this
+# often, and never more than 1/ETA_READ_SHARE of the time (a 100,000-row ledger is slow to read).
+ETA_READ_EVERY_S = 5.0
+ETA_READ_SHARE = 0.05
+# A plain progress line whose counts did not change (only its ETA did) is printed again at
+# most this often: a log of an hours-long run is not one line per 5 s.
+PLAIN_REPEAT_S = 30.0
 
-    def __init__(self, out: str | Path, total: int) -> None:
+
+class _LedgerEta:
+    """The run's ETA as the progress artifact has it (`tasks.run.polling.eta_seconds`: the
+    duration model, the rows left, the concurrency cap), from what the ledger holds: the
+    model the run keeps in its meta (the configured prior until a task has finished), the
+    rows not yet done, and the submission times of the tasks in flight."""
+
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self._stored: str | None = None
+        self._model: DurationModel | None = None
+        self._submitted: list[float] = []
+        self._read_after = -float("inf")
+
+    def seconds(self, ledger: Ledger, counts: dict[str, int], total: int) -> float | None:
+        """None when the ledger cannot say (it is a window: never worth an error)."""
+        from tasks.run.duration import DurationModel
+        from tasks.run.polling import eta_seconds, stored_model
+        from tasks.store.states import State
+
+        try:
+            stored = ledger.meta(DurationModel.META_KEY)
+            if self._model is None or stored != self._stored:
+                self._model, self._stored = stored_model(stored, self.options), stored
+            started = time.monotonic()
+            if started >= self._read_after:
+                self._submitted = [
+                    r.submitted_at
+                    for r in ledger.all().values()
+                    if r.state == State.SUBMITTED and r.submitted_at is not None
+                ]
+                took = time.monotonic() - started
+                self._read_after = started + max(ETA_READ_EVERY_S, took / ETA_READ_SHARE)
+            # Rows whose task completed are only being downloaded: no task left to wait for.
+            done = sum(counts.get(s, 0) for s in DONE) + counts.get(State.COMPLETED, 0)
+            now = time.time()
+            return eta_seconds(
+                self._model,
+                unfinished=max(0, total - done),
+                running=[now - at for at in self._submitted],
+                concurrency=self.options.concurrency,
+            )
+        except Exception:
+            return None
+
+
+class _Watcher:
+    """Shows progress by reading the ledger (read-only) beside the running flow: the rows by
+    state and, given the run's options, the ETA (`_LedgerEta`)."""
+
+    def __init__(self, out: str | Path, total: int, *, options: RunOptions | None = None) -> None:
         self.out, self.total = str(out), total
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._ledger: Ledger | None = None
+        self._eta = _LedgerEta(options) if options is not None else None
 
     def _counts(self) -> dict[str, int]:
         try:
@@ -280,18 +337,33 @@ class _Watcher:
                     counts = self._counts()
                     bar.update(job, completed=self._done(counts), description=self._line(counts))
             return
-        last = ""
+        last, last_counts, printed = "", "", -float("inf")
         while not self._stop.wait(5.0):
-            line = self._line(self._counts())
-            if line and line != last:
-                err.print(f"progress: {line}", highlight=False)
-                last = line
+            counts = self._counts()
+            line, now = self._line(counts), time.monotonic()
+            if not line or line == last:
+                continue
+            if self._states(counts) == last_counts and now - printed < PLAIN_REPEAT_S:
+                continue  # only the ETA moved
+            err.print(f"progress: {line}", highlight=False)
+            last, last_counts, printed = line, self._states(counts), now
 
     def _done(self, counts: dict[str, int]) -> int:
         return sum(counts.get(s, 0) for s in DONE)
 
-    def _line(self, counts: dict[str, int]) -> str:
+    def _states(self, counts: dict[str, int]) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v)
+
+    def _line(self, counts: dict[str, int]) -> str:
+        """e.g. "downloaded 12, submitted 8, eta 4m10s"."""
+        line = self._states(counts)
+        if line and self._eta is not None and self._ledger is not None:
+            seconds = self._eta.seconds(self._ledger, counts, self.total)
+            if seconds is not None:
+                from tasks.run.polling import eta_clock
+
+                line += f", eta {eta_clock(seconds)}"
+        return line
 
     def __enter__(self) -> _Watcher:
         self._thread.start()
@@ -323,7 +395,8 @@ def run(options: RunOptions, *, sandbox: bool) -> int:
     try:
         with _sandbox_if_needed(options, sandbox) as (effective, emulated):
             try:
-                with _Watcher(effective.out, len(manifest.valid_rows)), _one_line_errors():
+                watcher = _Watcher(effective.out, len(manifest.valid_rows), options=effective)
+                with watcher, _one_line_errors():
                     outcome = asyncio.run(generate_videos(options=effective))
             except Exception as exc:
                 code = _report(exc, effective.out)

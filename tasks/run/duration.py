@@ -33,6 +33,21 @@ vendor that gets slower mid-run is followed within a few hundred tasks and the s
 stays small. The bandwidth of the smoothing kernel follows Silverman's rule (4 to 30 s), which
 widens a sparse model: with few tasks learned the tail is under-covered otherwise.
 
+Tasks still running count too: `running(before, after)` (the scheduler calls it on every
+answer) keeps the ages at which running tasks were last seen running, as right-censored
+durations, and the distribution is the Kaplan-Meier product-limit estimate over the prior
+(as `prior_weight` pseudo-events), the smoothed finished tasks, and those. Early in a wave
+only the short tasks have finished; alone they would say tasks are short and the plan would
+poll the rest too early and too often. The running tasks are a snapshot, never stored. Their
+moves are cheap (no kernels, no plan): a new plan is made for them only once the survival
+curve inside the learned range moved by `SURVIVAL_TOLERANCE` (or the range's top by
+`RANGE_TOLERANCE_S`).
+
+A plan is a policy as well as a path: `Schedule.steps` holds the best next query after a
+query at each second of the range, so a task whose earlier queries followed an older plan
+(the model learned meanwhile) continues optimally from where it is, instead of jumping to
+the new path's next point, which may be seconds after its last query.
+
 Persistence (one key of the ledger's `meta` store, a JSON string of well under 2 KB):
 
     model = DurationModel.load(ledger.meta(DurationModel.META_KEY))   # prior if absent/bad
@@ -44,8 +59,9 @@ Persistence (one key of the ledger's `meta` store, a JSON string of well under 2
 Planning is pure Python on a 1 s grid (a few hundred cells) and is
 cached: it is recomputed once new observations reach 10 % of those held (at least one), so
 learning on every finished task costs little (a plan takes ~50-150 ms of CPU; at the default
-500 observations held that is one plan per 50 finished tasks). While the prior still weighs,
-plans aim a little under the lag target (`PRIOR_MARGIN`): the prior is a guess.
+500 observations held that is one plan per 50 finished tasks). Plans aim a little under the lag
+target: `LAG_MARGIN` always (a real query starts late under the rate cap, and its answer
+takes time), and `PRIOR_MARGIN` more while the prior (or tasks still running) still weigh.
 `schedule(lag_target)` returns the cached `Schedule`; `next_query(elapsed, lag_target)` is
 the one call a poller needs.
 """
@@ -79,8 +95,8 @@ RANGE_HIGH_Q = 0.995
 RANGE_FENCE_IQR = 1.5
 # Where in its unit of query density the first query sits (midpoint rule).
 FIRST_PHASE = 0.5
-# With only the prior, plans aim at (1 - PRIOR_MARGIN) * lag_target; the margin fades as the
-# prior's share of the weight does.
+# With only the prior, plans aim PRIOR_MARGIN more under the lag target; the margin fades as
+# the share of the prior and of the tasks still running (what is not yet known) does.
 PRIOR_MARGIN = 0.1
 # Every plan aims this much under the lag target: the plan's lag is a query's planned time,
 # while a real one starts a little late (the rate cap) and its answer takes time.

@@ -36,7 +36,9 @@ What a query raises:
 Each finished task that completed teaches the model its true duration (`completed - created`,
 see `duration.duration_of`) unless `learn=False`; failed and cancelled tasks do not (a
 moderation refusal after 5 s says nothing of generation time, and noticing one late costs no
-money). `stats` counts queries, answers, failures, throttles and detection lags (elapsed
+money). Every answer that finds a task still running tells the model its age
+(`DurationModel.running`, a right-censored duration), and a watch that ends, however it ends,
+leaves that count. `stats` counts queries, answers, failures, throttles and detection lags (elapsed
 time when the answer came minus the true duration) for the progress artifact and the bench.
 
 Wiring in a poll step (one scheduler for the whole run, created where the client is):
