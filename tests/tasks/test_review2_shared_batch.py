@@ -10,9 +10,12 @@ hook only lets the other member's real run go first, as a slower process would).
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -30,7 +33,7 @@ from tasks.steps.chunk import claim_states
 from tasks.steps.submit import submit_row
 from tasks.store import conflicts
 from tasks.store.hashing import request_hash
-from tasks.store.ledger import State, open_ledger
+from tasks.store.ledger import Ledger, State, open_ledger
 from tasks.store.manifest import read_manifest
 
 KEY = "sk-review2-shared-canary-5e1d"
@@ -73,6 +76,16 @@ def _failed_row_of(tmp_path: Path, out: Path, prompt: str) -> None:
         )
         ledger.record_submitted("r0", task_id="task-old", status="submitted")
         ledger.update("r0", "failed", state=State.FAILED, api_status="failed", cost=0.0)
+
+
+@contextmanager
+def open_ledger_readonly(out: Path) -> Iterator[Ledger]:
+    """The folder's ledger as the parent reads it (read-only, no lock)."""
+    ledger = Ledger(out, readonly=True)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
 
 
 def _tasks_for(sb: RunningSandbox, prompt: str) -> int:
@@ -179,3 +192,54 @@ async def test_a_member_started_after_a_401_stopped_the_batch_sends_nothing(
                 with pytest.raises((RunStopped, AuthenticationError)):
                     await submit_row(replacement, row.row_id)
         assert sb.state.stats()["submit_requests"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="a member's heartbeat starts only after open_run has read and checked the whole "
+    "manifest, so a live member still validating a large manifest reads as dead to the parent",
+)
+async def test_a_member_still_reading_its_manifest_already_beats_its_heartbeat(
+    tmp_path: Path,
+) -> None:
+    """A member run beats its heartbeat in the batch's ledger while it is still reading and
+    checking its manifest (minutes for a large one), so generate-sharded, which marks a taken
+    member with no heartbeat for `dead_after` Crashed, never takes a live member for dead."""
+    out = tmp_path / "out"
+    with open_ledger(out, shared=True) as earlier:  # the batch exists: its first round ran
+        earlier.ensure("r0", 0)
+    # Reading this row's image blocks the manifest check until the test lets it go (the
+    # stand-in for a manifest that takes long to check).
+    pipe = tmp_path / "slow.png"
+    os.mkfifo(pipe)
+    manifest = write_manifest(
+        tmp_path / "m.csv",
+        [{"id": "r0", "prompt": "a slow start", "duration": 4, "image_urls": "slow.png"}],
+    )
+    with run_in_thread(SandboxConfig(api_key=KEY, time_scale=0.004)) as sb:
+        options = _options(manifest, out, sb)
+        opened = threading.Event()
+
+        async def member() -> None:
+            async with open_run(options, share_batch="folder"):
+                opened.set()
+
+        thread = threading.Thread(target=lambda: asyncio.run(member()), daemon=True)
+        thread.start()
+        try:
+            beating = False
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not opened.is_set():
+                with open_ledger_readonly(out) as reader:
+                    if reader.members():
+                        beating = True
+                        break
+                await asyncio.sleep(0.1)
+            assert not opened.is_set(), "the manifest check was never held"
+        finally:
+            # Let the manifest check go on (the image is then refused: not a file).
+            os.close(os.open(pipe, os.O_WRONLY))
+            thread.join(timeout=60)
+        assert opened.is_set()
+        assert beating, "no heartbeat in the batch's ledger while the member read its manifest"
