@@ -109,8 +109,8 @@ REPLAN_SHARE = 0.1
 RUNNING_CHECK_SHARE = 0.1
 # ... and the plan is rebuilt for them once the survival curve moved this much somewhere
 # (or the top of the learned range by RANGE_TOLERANCE_S seconds).
-SURVIVAL_TOLERANCE = 0.05
-RANGE_TOLERANCE_S = 15.0
+SURVIVAL_TOLERANCE = 0.1
+RANGE_TOLERANCE_S = 30.0
 DEFAULT_LAG_TARGET_S = 10.0
 _SCHEMA = 1
 
