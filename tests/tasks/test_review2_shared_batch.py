@@ -243,3 +243,51 @@ async def test_a_member_still_reading_its_manifest_already_beats_its_heartbeat(
             thread.join(timeout=60)
         assert opened.is_set()
         assert beating, "no heartbeat in the batch's ledger while the member read its manifest"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.xfail(
+    strict=True,
+    reason="a member's --resubmit-unknown cut-off (unknown_before) is taken after its own open "
+    "has turned a dead sibling's mid-POST row unknown, so the member resends it",
+)
+async def test_a_resending_member_never_resends_a_row_a_dead_sibling_left_mid_post(
+    tmp_path: Path,
+) -> None:
+    """A first-round member with --resubmit-unknown (as generate-sharded starts it) never
+    resends a row a sibling of its batch left in intent (killed mid-POST): that doubt arose
+    during the batch, after the person's decision; the row stays unknown, the rest is sent."""
+    from support.runs import fast_options
+
+    from flows.generate import generate
+
+    out = tmp_path / "out"
+    manifest = write_manifest(
+        tmp_path / "m.csv", prompt_rows(["the sibling's row", "a row nobody sent"])
+    )
+    request = read_manifest(str(manifest)).valid_rows[0].request
+    assert request is not None
+    with open_ledger(out, shared=True) as sibling:
+        sibling.ensure("r0", 0)
+        sibling.ensure("r1", 1)
+        claim = sibling.claim("dead-sibling", 1, lease_s=0.5)
+        assert [r.row_id for r in claim.rows] == ["r0"]
+        req_hash = request_hash(request)
+        sibling.record_intent(
+            "r0",
+            attempt=1,
+            req_hash=req_hash,
+            key=sibling.idempotency_key("r0", req_hash, 1),
+            estimated_cost=0.1,
+            run_id="dead-sibling",
+            owner="dead-sibling",
+        )
+        # The sibling's process is killed here, its POST under way.
+    while time.time() <= claim.until:  # its lease must run out for anyone to see the row
+        await asyncio.sleep(0.05)
+    with run_in_thread(SandboxConfig(api_key=KEY, time_scale=0.004)) as sb:
+        options = fast_options(manifest, out, sb.url, resubmit_unknown=True)
+        await generate(options, share_batch="folder")
+        assert _tasks_for(sb, "a row nobody sent") == 1
+        assert _tasks_for(sb, "the sibling's row") == 0, "the sibling's doubtful row was resent"
