@@ -332,6 +332,52 @@ async def open_run(
     its local staging folder (see the module). `share_batch` makes the run a member of a
     batch several runs share (see the module); None is a plain run.
     """
+    run_id = new_run_id()
+    with _member_heartbeat(options, share_batch, run_id):
+        async with _open_run(
+            options, manifest=manifest, transport=transport, share_batch=share_batch, run_id=run_id
+        ) as runtime:
+            yield runtime
+
+
+@contextmanager
+def _member_heartbeat(options: RunOptions, share: ShareBatch | None, run_id: str) -> Iterator[None]:
+    """A member beats from its very start, before reading its manifest (minutes for a large
+    one), on a connection of its own: the run that started it must never take a live member
+    for dead. Only what is cheap and sends nothing is checked first: the folder's layout (a
+    folder of the old layout must not get a ledger) and the ledger setting."""
+    if share is None:
+        yield
+        return
+    try:
+        out, remote = _local_folder(options.out)
+    except ValueError as exc:
+        raise RunRefused(str(exc)) from None
+    url = ledger_url()
+    _refuse_share(share, remote, url)
+    if share == "folder":
+        try:
+            require_layout(out, "plain")
+        except LayoutMismatch as exc:
+            raise RunRefused(str(exc)) from None
+    ledger = (
+        connect_ledger(url, batch=batch_name(options.out))
+        if share == "database" and url
+        else Ledger(out)
+    )
+    with ledger, _Heartbeat(ledger, run_id):
+        yield
+
+
+@asynccontextmanager
+async def _open_run(
+    options: RunOptions,
+    *,
+    manifest: Manifest | None,
+    transport: httpx.AsyncBaseTransport | None,
+    share_batch: ShareBatch | None,
+    run_id: str,
+) -> AsyncIterator[Runtime]:
     manifest = manifest or read_manifest(options.manifest, assets=options.assets)
     try:
         out, remote = _local_folder(options.out)
@@ -355,8 +401,8 @@ async def open_run(
         # never the key.
         raise RunRefused(f"{exc}. Nothing was sent.") from None
     ledger_cm: AbstractContextManager[Ledger] = _run_ledger(out, remote, options.out, share_batch)
-    run_id = new_run_id()
-    with ledger_cm as ledger, _beating(ledger, run_id):
+    # A member beats already (`_member_heartbeat`); a plain run on a shared database beats here.
+    with ledger_cm as ledger, _beating(ledger, run_id, share_batch is None):
         check = ledger_conflicts(manifest, ledger.all())
         refusal = check.refusal(options.out if remote is not None else out)
         if refusal:
@@ -397,8 +443,8 @@ async def open_run(
 
 
 @contextmanager
-def _beating(ledger: Ledger, run_id: str) -> Iterator[None]:
-    if not ledger.shared:
+def _beating(ledger: Ledger, run_id: str, wanted: bool) -> Iterator[None]:
+    if not (wanted and ledger.shared):
         yield
         return
     with _Heartbeat(ledger, run_id):
