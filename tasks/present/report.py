@@ -37,7 +37,7 @@ from tasks.store.atomic import write_text_atomically
 from tasks.store.probe import Thumbnail, first_frame_thumbnail
 from tasks.store.results import FIXED_COLUMNS, PARQUET_FILE, read_results
 from tasks.store.states import Status
-from tasks.store.storage import LocalOutput, Output, open_output
+from tasks.store.storage import LocalOutput, Output, open_output, staged_preview
 
 REPORT_FILE = "report.html"
 THUMB_WIDTH = 240
@@ -216,10 +216,15 @@ def _failures(table: pa.Table) -> list[Failure]:
 
 
 def _video_file(out: Path, rel: Any) -> Path | None:
+    """The video under `out`, or, for a video already in the store whose staged copy was
+    deleted, the first frame kept beside where it was (`staged_preview`)."""
     if not rel:
         return None
     path = out / str(rel)
-    return path if path.is_file() else None
+    if path.is_file():
+        return path
+    preview = staged_preview(path)
+    return preview if preview.is_file() else None
 
 
 def _thumbnail(path: Path) -> Thumbnail | None:

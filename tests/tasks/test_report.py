@@ -18,6 +18,7 @@ import pytest
 from tasks.present.report import report_numbers, write_report
 from tasks.present.summary import summarize
 from tasks.store.probe import first_frame_thumbnail
+from tasks.store.storage import staged_preview
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 XSS = '<script>alert("x")</script> & "quotes" \'single\''
@@ -382,6 +383,25 @@ def test_a_broken_video_file_gets_a_placeholder(tmp_path: Path) -> None:
     page.feed((tmp_path / "report.html").read_text(encoding="utf-8"))
     assert page.card_imgs["x"] == []
     assert page.card_links["x"] == ["videos/x.mp4"]
+
+
+def test_a_video_whose_staged_copy_was_deleted_shows_its_kept_first_frame(
+    tmp_path: Path,
+) -> None:
+    """A video already in the store, its staged copy gone, still gets its first frame."""
+    make_mp4(tmp_path / "videos/x.mp4", colour=90)
+    frame = first_frame_thumbnail(tmp_path / "videos/x.mp4", width=240)
+    staged_preview(tmp_path / "videos/x.mp4").write_bytes(frame.data)
+    (tmp_path / "videos/x.mp4").unlink()
+    table = pa.Table.from_pylist(
+        [row("x", "completed", cost=0.1, generation_s=5.0, video_path="videos/x.mp4")],
+        schema=SCHEMA,
+    )
+    write_report(tmp_path, table)
+    page = Page()
+    page.feed((tmp_path / "report.html").read_text(encoding="utf-8"))
+    (src,) = page.card_imgs["x"]
+    assert base64.b64decode(src.split(",", 1)[1], validate=True).startswith(JPEG_MAGIC)
 
 
 def test_an_empty_table_still_renders(tmp_path: Path) -> None:
