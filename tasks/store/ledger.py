@@ -968,8 +968,8 @@ def open_ledger(
       now `unknown`, since the exclusive lock proves every earlier writer dead.
     * A folder as a member of a shared batch (`open_ledger(out, shared=True)`): the lock is
       taken shared (other members may hold it too, a plain run may not), the ledger is
-      `shared`, and only rows in `intent` whose lease ran out become `unknown`: a row under a
-      live lease is another member's POST under way.
+      `shared`; rows in `intent` are left to the claims (`Ledger.claim`), which turn those
+      whose lease ran out `unknown`: a row under a live lease is another member's POST.
     * A PostgreSQL URL and a batch (`open_ledger("postgresql://u@db:5432/vb", batch="s3://b/x")`):
       no folder lock, since many runs share a batch by claiming rows (`Ledger.claim`); the
       schema is created or migrated, the batch registered; rows in `intent` whose lease ran
@@ -988,7 +988,11 @@ def open_ledger(
     with FolderLock(folder, shared=shared):
         ledger = Ledger(folder, shared=shared)
         try:
-            ledger.mark_doubtful_as_unknown()
+            if not shared:
+                # A member leaves a dead member's mid-POST rows to its claims, which turn
+                # them `unknown` after its start: a resending member (--resubmit-unknown is
+                # about rows unknown when the person asked) then never resends them.
+                ledger.mark_doubtful_as_unknown()
             yield ledger
         finally:
             ledger.close()

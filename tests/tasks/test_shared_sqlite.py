@@ -49,7 +49,7 @@ def test_members_share_a_folder_that_a_plain_run_holds_alone(tmp_path: Path) -> 
 
 def test_a_member_never_takes_over_a_live_members_intent_row(tmp_path: Path) -> None:
     """A row in intent under another member's live lease stays intent when a member opens the
-    folder and is never handed out by its claims; its owner can still record its task."""
+    folder and claims, is never handed out; its owner can still record its task."""
     out = tmp_path / "out"
     with open_ledger(out, shared=True) as alive:
         for i in range(3):
@@ -70,7 +70,7 @@ def test_a_dead_members_intent_row_becomes_unknown_once_its_lease_ran_out(
     tmp_path: Path,
 ) -> None:
     """A member that died mid-POST leaves its row in intent; once its lease has run out the
-    next member's open turns it unknown (never resent blindly) and never hands it out."""
+    next member's claim turns it unknown (never resent blindly) and never hands it out."""
     out = tmp_path / "out"
     with open_ledger(out, shared=True) as dead:
         dead.ensure("r0", 0)
@@ -79,11 +79,11 @@ def test_a_dead_members_intent_row_becomes_unknown_once_its_lease_ran_out(
         _intent(dead, "r0", "dead")
     time.sleep(0.3)  # the dead member's lease is what must run out
     with open_ledger(out, shared=True) as member:
+        claim = member.claim("member", 10, lease_s=60)
+        assert [r.row_id for r in claim.rows] == ["r1"] and claim.unknown == ["r0"]
         record = member.get("r0")
         assert record is not None and record.state == State.UNKNOWN
         assert record.error_code == "submit_outcome_unknown"
-        claim = member.claim("member", 10, lease_s=60)
-        assert [r.row_id for r in claim.rows] == ["r1"]
 
 
 def test_a_plain_run_after_the_members_ended_recovers_every_intent_row(tmp_path: Path) -> None:
