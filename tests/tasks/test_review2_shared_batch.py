@@ -195,11 +195,6 @@ async def test_a_member_started_after_a_401_stopped_the_batch_sends_nothing(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="a member's heartbeat starts only after open_run has read and checked the whole "
-    "manifest, so a live member still validating a large manifest reads as dead to the parent",
-)
 async def test_a_member_still_reading_its_manifest_already_beats_its_heartbeat(
     tmp_path: Path,
 ) -> None:
@@ -247,11 +242,6 @@ async def test_a_member_still_reading_its_manifest_already_beats_its_heartbeat(
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_api")
-@pytest.mark.xfail(
-    strict=True,
-    reason="a member's --resubmit-unknown cut-off (unknown_before) is taken after its own open "
-    "has turned a dead sibling's mid-POST row unknown, so the member resends it",
-)
 async def test_a_resending_member_never_resends_a_row_a_dead_sibling_left_mid_post(
     tmp_path: Path,
 ) -> None:
