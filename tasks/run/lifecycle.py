@@ -126,10 +126,14 @@ _RENEWED_FIELDS = (
 )
 
 
-def _renew(ledger: Ledger, record: RowRecord) -> None:
+def _renew(ledger: Ledger, record: RowRecord, owner: str) -> bool:
+    """Renew the row the ledger check judged (`record`, as it read it): written only if the
+    row is still so and no other run holds it (`Ledger.renew_request`). Another member may
+    have renewed and sent it since the check, and a renewal from the older reading would
+    wipe that (paid) task and send the row again. False: left as it is now."""
     fresh = renewed_record(record)
-    ledger.update(
-        record.row_id, "request-changed", **{f: getattr(fresh, f) for f in _RENEWED_FIELDS}
+    return ledger.renew_request(
+        record.row_id, record, {f: getattr(fresh, f) for f in _RENEWED_FIELDS}, owner=owner
     )
 
 
@@ -403,15 +407,20 @@ async def _open_run(
     ledger_cm: AbstractContextManager[Ledger] = _run_ledger(out, remote, options.out, share_batch)
     # A member beats already (`_member_heartbeat`); a plain run on a shared database beats here.
     with ledger_cm as ledger, _beating(ledger, run_id, share_batch is None):
-        check = ledger_conflicts(manifest, ledger.all())
+        seen = ledger.all()
+        check = ledger_conflicts(manifest, seen)
         refusal = check.refusal(options.out if remote is not None else out)
         if refusal:
             raise ManifestConflict(refusal)
         if check.held:
             run_logger().error("%s", check.held_report())
-        records = ledger.all()
         for row_id in check.renewed:
-            _renew(ledger, records[row_id])
+            if not _renew(ledger, seen[row_id], run_id):
+                run_logger().info(
+                    "%s: changed since this run read the ledger (another run renewed or sent "
+                    "it); left as it is now",
+                    row_id,
+                )
         ledger.set_meta("manifest", str(manifest.path))
         # `videobatch results` re-reads the manifest: with other assets its rows would differ.
         ledger.set_meta("assets", str(Path(options.assets).resolve()) if options.assets else "")

@@ -481,6 +481,53 @@ class Ledger:
         with self._write() as tx:
             self._update_in(tx, row_id, event, values)
 
+    def renew_request(
+        self,
+        row_id: str,
+        expected: RowRecord,
+        values: Mapping[str, Any],
+        *,
+        owner: str | None = None,
+        event: str = "request-changed",
+    ) -> bool:
+        """Write `values` (a changed unpaid row made a new request) only if the row is still
+        what the caller judged (`expected`'s state, attempt, request hash and task id) and, on
+        a shared ledger, no live lease of a run other than `owner` holds it; the event is
+        written only then. False, changing nothing, otherwise: another run renewed, sent or
+        is sending the row meanwhile, and a renewal from the older reading would wipe its
+        (paid) task and send the row again."""
+        unknown = set(values) - set(_COLUMNS)
+        if unknown:
+            raise KeyError(f"not ledger columns: {sorted(unknown)}")
+        now = time.time()
+        fields_ = {**values, "updated_at": now}
+        assignments = ", ".join(f"{k} = :v_{k}" for k in fields_)
+        params: dict[str, Any] = {f"v_{k}": _plain(v) for k, v in fields_.items()}
+        params.update(row_id=row_id, e_state=str(expected.state), e_attempt=expected.attempt)
+        # NULL-safe by construction (no typed NULL parameter, which PostgreSQL cannot infer).
+        guards = ["state = :e_state", "attempt = :e_attempt"]
+        for column in ("request_hash", "task_id"):
+            seen = getattr(expected, column)
+            if seen is None:
+                guards.append(f"{column} IS NULL")
+            else:
+                guards.append(f"{column} = :e_{column}")
+                params[f"e_{column}"] = seen
+        if self.shared:
+            guards.append("(lease_until IS NULL OR lease_until <= {now} OR lease_owner = :owner)")
+            params.update(owner=owner or "", now=now)
+        with self._write() as tx:
+            count, _ = tx.run(
+                f"UPDATE {{rows}} SET {assignments} WHERE {{scope}} row_id = :row_id AND "
+                + " AND ".join(guards),
+                params,
+            )
+            if count != 1:
+                return False
+            detail = {k: v for k, v in values.items()}
+            self._event_in(tx, row_id, event, detail, now)
+        return True
+
     def _update_in(self, tx: Tx, row_id: str, event: str | None, values: dict[str, Any]) -> None:
         """`update` inside an open transaction (column names checked by the caller)."""
         assignments = ", ".join(f"{k} = :v_{k}" for k in values)

@@ -92,11 +92,6 @@ def _tasks_for(sb: RunningSandbox, prompt: str) -> int:
     return int(sb.state.stats()["tasks_created_by_prompt"].get(prompt, 0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open_run's _renew writes the renewed record unconditionally from a snapshot read "
-    "before it, so it wipes the task another member recorded meanwhile (pays twice)",
-)
 async def test_a_members_renewal_never_resets_a_row_another_member_sent_meanwhile(
     tmp_path: Path,
 ) -> None:
