@@ -70,8 +70,23 @@ from tasks.steps.submit import send_decision, shares_batch
 from tasks.store.conflicts import Conflict as Conflict
 from tasks.store.conflicts import LedgerCheck, ledger_conflicts, records_for_results, renewed_record
 from tasks.store.conflicts import holds_money as holds_money
-from tasks.store.layout import LayoutMismatch, require_layout
-from tasks.store.ledger import WITH_TASK, Ledger, RowRecord, State, connect_ledger, open_ledger
+from tasks.store.layout import (
+    LEDGER_MARK,
+    LayoutMismatch,
+    ledger_mark,
+    mark_database_ledger,
+    require_layout,
+)
+from tasks.store.ledger import (
+    LEDGER_FILE,
+    WITH_TASK,
+    FolderLock,
+    Ledger,
+    RowRecord,
+    State,
+    connect_ledger,
+    open_ledger,
+)
 from tasks.store.manifest import Manifest, read_manifest
 from tasks.store.results import build_results, with_video_urls, write_results
 from tasks.store.storage import LocalOutput, RemoteOutput, is_url, open_output, staging_folder
@@ -262,13 +277,14 @@ def _run_ledger(
     if share == "folder":
         log.info("ledger: %s, shared with the other member runs of this batch", out)
         with open_ledger(out, shared=True) as ledger:
+            _refuse_marked_folder(out)
             _lift_stale_stop(ledger)
             yield ledger
         return
     if url:
         batch = batch_name(location)
         log.info("ledger: batch %s of the shared ledger named by VIDEOBATCH_LEDGER_URL", batch)
-        with open_ledger(url, batch=batch) as ledger:
+        with _database_folder(out, remote, batch), open_ledger(url, batch=batch) as ledger:
             _lift_stale_stop(ledger)
             yield ledger
         return
@@ -282,7 +298,57 @@ def _run_ledger(
             remote.location,
         )
     with open_ledger(out) as ledger:
+        if remote is None:
+            _refuse_marked_folder(out)
         yield ledger
+
+
+def _refuse_marked_folder(out: Path) -> None:
+    """Asked again once the folder lock is held: a database run may have marked the folder
+    between this run's first look and its lock (or run and ended in between)."""
+    try:
+        require_layout(out, "plain", ledger="sqlite")
+    except LayoutMismatch as exc:
+        raise RunRefused(str(exc)) from None
+
+
+@contextmanager
+def _database_folder(out: Path, remote: RemoteOutput | None, batch: str) -> Iterator[None]:
+    """A database run into a local folder: the folder's lock held shared for the run (a plain
+    run, the folder's only writer, cannot start meanwhile, nor this run during one), refused
+    when the folder's own SQLite ledger exists (its rows are in no database: they would all
+    be paid again), and the folder marked as the database batch's, so no run on a SQLite
+    ledger of the folder starts after it (`require_layout(..., ledger="sqlite")`)."""
+    if remote is not None:  # a store location's staging folder is this machine's cache
+        yield
+        return
+    with FolderLock(out, shared=True):
+        _refuse_own_ledger(out)
+        mark = ledger_mark(out)
+        if mark is not None and mark.get("batch") not in (batch, "?"):
+            raise RunRefused(
+                f"{out} was run as batch {mark.get('batch')!r} of a database ledger (see "
+                f"{LEDGER_MARK}), and this run would open batch {batch!r}, which knows none of "
+                "its rows (was the folder moved or renamed?): it would pay again for every row "
+                "paid there. Nothing was sent. Run it from where it was, or use a new output "
+                "folder."
+            )
+        mark_database_ledger(out, "postgresql", batch)
+        # Asked again after marking: a member on the folder's own ledger may have created
+        # it meanwhile (it asks for the mark after creating it, so one of the two refuses).
+        _refuse_own_ledger(out)
+        yield
+
+
+def _refuse_own_ledger(out: Path) -> None:
+    if (out / LEDGER_FILE).exists():
+        raise RunRefused(
+            f"{out} has a ledger of its own ({LEDGER_FILE}) that holds its rows, and this run's "
+            "ledger is the database named by VIDEOBATCH_LEDGER_URL, which knows none of them: "
+            "it would pay again for every row paid there. Nothing was sent. Run this folder "
+            "without VIDEOBATCH_LEDGER_URL (its own ledger), or give the database run a new "
+            "output folder."
+        )
 
 
 class _Heartbeat:
@@ -361,7 +427,7 @@ def _member_heartbeat(options: RunOptions, share: ShareBatch | None, run_id: str
     _refuse_share(share, remote, url)
     if share == "folder":
         try:
-            require_layout(out, "plain")
+            require_layout(out, "plain", ledger="sqlite")
         except LayoutMismatch as exc:
             raise RunRefused(str(exc)) from None
     ledger = (
@@ -388,7 +454,7 @@ async def _open_run(
     except ValueError as exc:
         raise RunRefused(str(exc)) from None
     try:
-        require_layout(out, "plain")
+        require_layout(out, "plain", ledger="database" if ledger_url() else "sqlite")
     except LayoutMismatch as exc:
         raise RunRefused(str(exc)) from None
     api_key = resolve_api_key()
@@ -509,7 +575,7 @@ def batch_share(location: str) -> ShareBatch:
         raise RunRefused(str(exc)) from None
     assert isinstance(output, LocalOutput)
     try:
-        require_layout(output.root, "plain")
+        require_layout(output.root, "plain", ledger="sqlite")
     except LayoutMismatch as exc:
         raise RunRefused(str(exc)) from None
     return "folder"

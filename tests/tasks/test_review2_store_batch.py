@@ -89,11 +89,6 @@ async def test_a_row_recorded_downloaded_but_never_uploaded_is_left_to_do_for_th
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a run on VIDEOBATCH_LEDGER_URL into a local folder never looks at the folder's "
-    "own OUT/ledger.sqlite (nor takes its lock), so it pays again for every row paid there",
-)
 async def test_a_database_run_into_a_folder_whose_sqlite_ledger_holds_paid_rows_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str
 ) -> None:
