@@ -153,7 +153,9 @@ def test_inbox_files_good_and_unreadable_manifests(stack: Stack) -> None:
 
 # The scale-out proof (issue 10): one batch of SCALE_ROWS rows into the bucket, on the
 # PostgreSQL ledger, shared by MEMBERS runs on three workers, one worker killed mid-run.
-SCALE_ROWS = 600
+# 300 in CI keeps the suite inside its budget (3-5 rows/s through three workers on two
+# cores); `VIDEOBATCH_OPS_ROWS=2000 uv run pytest -n 0 tests/ops -k scale` runs the full size.
+SCALE_ROWS = int(os.environ.get("VIDEOBATCH_OPS_ROWS", "300"))
 MEMBERS = 3
 MEMBER_CONCURRENCY = 40
 ROW_PRICE = 0.10  # 4 s of 720p at the sandbox's (and our estimate's) $0.15 per 6 s
