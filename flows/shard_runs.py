@@ -162,10 +162,13 @@ async def run_members(
     parent_name: str,
     beats: Heartbeats,
     rows_left: Callable[[], Awaitable[int]],
+    stopped: Callable[[], Awaitable[str | None]] | None = None,
 ) -> list[ShardOutcome]:
     """`count` members on one batch, in rounds: all of them, then, while rows are left to do
     when every member of the round has ended, replacements in every slot that has attempts
-    left and was not cancelled by a person."""
+    left and was not cancelled by a person. No replacement round starts while the batch is
+    stopped (`stopped`: its 401/402 stop in words, or None): a replacement would only meet
+    the same refused key or empty balance, and must not send."""
     log = run_logger()
     slots = [ShardOutcome(k) for k in range(count)]
     restart = options.model_copy(update={"resubmit_unknown": False, "retry_failed": False})
@@ -188,6 +191,15 @@ async def run_members(
         )
         left = await rows_left()
         if not left:
+            break
+        stop = None if stopped is None else await stopped()
+        if stop is not None:
+            log.error(
+                "%d rows left to do, but the batch is stopped (%s): no replacement runs "
+                "started; fix the key or the balance and run generate-sharded again",
+                left,
+                stop,
+            )
             break
         todo = [s for s in slots if s.state != "Cancelled" and len(s.runs) < watch.attempts]
         if todo:

@@ -35,7 +35,9 @@ from tasks.run.lifecycle import (
     batch_conflict,
     batch_results,
     batch_share,
+    batch_stop,
     estimate_run,
+    lift_batch_stop,
     member_ages,
     rows_left,
 )
@@ -84,6 +86,9 @@ async def generate_sharded(
                 f"{options.out} is in use by {holder} (a plain run, which must be the folder's "
                 "only writer); wait for it to finish or stop it. Nothing was sent."
             )
+    # A person's new attempt: a 401/402 stop an earlier attempt left is lifted here, once
+    # (unless a run that saw it is alive); members never lift it.
+    await asyncio.to_thread(lift_batch_stop, options.out, share)
     count = max(1, min(shards, len(manifest.valid_rows)))
     log.info(
         "%d member runs of %s into %s, sharing %s",
@@ -108,8 +113,10 @@ async def generate_sharded(
         parent_name=str(flow_run.get_name() or "sharded"),
         beats=beats,
         rows_left=left,
+        stopped=lambda: asyncio.to_thread(batch_stop, options.out, share),
     )
     states = {s.name: s.state for s in slots}
+    stop = await asyncio.to_thread(batch_stop, options.out, share)
     table, report = batch_results(options, manifest, share)
     markdown = await publish_results(
         table, key=artifact_key(options.out), title=f"videobatch {options.out}", report=report
@@ -118,12 +125,18 @@ async def generate_sharded(
         **flow_outcome(options.out, table, markdown),
         "shards": states,
         "runs": {s.name: list(s.runs) for s in slots},
+        "stopped": stop,
     }
     undone = await left()
     if undone:
+        why = (
+            f"; the batch is stopped ({stop}): fix the key or the balance, then run again"
+            if stop
+            else ""
+        )
         raise ShardsIncomplete(
-            f"{undone} rows are still to do after every member run ended ({states}); results "
-            f"written to {options.out}; run again with the same options to resume them"
+            f"{undone} rows are still to do after every member run ended ({states}){why}; "
+            f"results written to {options.out}; run again with the same options to resume them"
         )
     return summary
 

@@ -276,16 +276,18 @@ def _run_ledger(
     _refuse_share(share, remote, url)
     if share == "folder":
         log.info("ledger: %s, shared with the other member runs of this batch", out)
+        # A member never lifts the batch's stop: a replacement started after a 401/402
+        # would send again (generate-sharded lifts a stale one at its own start).
         with open_ledger(out, shared=True) as ledger:
             _refuse_marked_folder(out)
-            _lift_stale_stop(ledger)
             yield ledger
         return
     if url:
         batch = batch_name(location)
         log.info("ledger: batch %s of the shared ledger named by VIDEOBATCH_LEDGER_URL", batch)
         with _database_folder(out, remote, batch), open_ledger(url, batch=batch) as ledger:
-            _lift_stale_stop(ledger)
+            if share is None:
+                _lift_stale_stop(ledger)
             yield ledger
         return
     if remote is not None:
@@ -597,6 +599,31 @@ def batch_reader(location: str, share: ShareBatch) -> Iterator[Ledger | None]:
         return
     with ledger:
         yield ledger
+
+
+def lift_batch_stop(location: str, share: ShareBatch) -> None:
+    """At the start of a person's new attempt on the batch (generate-sharded), lift a 401/402
+    stop an earlier attempt left, unless a run that saw it is still alive (`_lift_stale_stop`).
+    Its members never lift it: a replacement member must not send after a 401."""
+    if share == "database":
+        url = ledger_url()
+        if not url:
+            raise RunRefused("VIDEOBATCH_LEDGER_URL is no longer set")
+        with connect_ledger(url, batch=batch_name(location)) as ledger:
+            _lift_stale_stop(ledger)
+        return
+    folder = _local_folder(location)[0]
+    if not (folder / LEDGER_FILE).exists():
+        return
+    with Ledger(folder) as ledger:
+        _lift_stale_stop(ledger)
+
+
+def batch_stop(location: str, share: ShareBatch) -> str | None:
+    """The batch's 401/402 stop in words, or None when it is not stopped."""
+    with batch_reader(location, share) as ledger:
+        stop = None if ledger is None else ledger.stopped()
+    return None if stop is None else f"{stop.kind}: {stop.reason}"
 
 
 def member_ages(location: str, share: ShareBatch) -> dict[str, float]:

@@ -154,11 +154,6 @@ async def test_a_members_renewal_never_resets_a_row_another_member_sent_meanwhil
             sys.setprofile(None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_lift_stale_stop lets any run that finds no live lease lift the batch's 401/402 "
-    "stop, also a member generate-sharded starts as a replacement",
-)
 async def test_a_member_started_after_a_401_stopped_the_batch_sends_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
