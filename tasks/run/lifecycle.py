@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -651,6 +652,7 @@ def rows_left(options: RunOptions, manifest: Manifest, share: ShareBatch) -> lis
     check = ledger_conflicts(manifest, records)
     held = {c.row_id for c in check.held}
     folder, remote = _local_folder(options.out)
+    unstored = _not_in_store(remote, records)
     plain = options.model_copy(update={"resubmit_unknown": False, "retry_failed": False})
     left = []
     for row in manifest.valid_rows:
@@ -662,7 +664,7 @@ def rows_left(options: RunOptions, manifest: Manifest, share: ShareBatch) -> lis
             left.append(row.id)
         elif record.state == State.DOWNLOADED:
             path = folder / (record.video_path or video_relpath(row.id))
-            if remote is None and not path.is_file():
+            if (remote is None and not path.is_file()) or row.id in unstored:
                 left.append(row.id)
         elif isinstance(
             send_decision(record, row.request, plain), tuple
@@ -671,14 +673,48 @@ def rows_left(options: RunOptions, manifest: Manifest, share: ShareBatch) -> lis
     return left
 
 
+def _not_in_store(remote: RemoteOutput | None, records: Mapping[str, RowRecord]) -> set[str]:
+    """Rows recorded `downloaded` whose object the store lacks (or holds at another size):
+    a member killed between recording its verified video and uploading it left the video in
+    its own machine's staging folder only. One listing of the store, not a request per row."""
+    done = [r for r in records.values() if r.state == State.DOWNLOADED]
+    if remote is None or not done:
+        return set()
+    sizes = stored_sizes(remote)
+    missing = set()
+    for record in done:
+        size = sizes.get(record.video_path or video_relpath(record.row_id))
+        if size is None or (record.video_bytes is not None and size != record.video_bytes):
+            missing.add(record.row_id)
+    return missing
+
+
+def _as_unstored(record: RowRecord) -> RowRecord:
+    """How the results show a paid video that is in no store: to fetch again, not done."""
+    return replace(
+        record,
+        state=State.DOWNLOAD_FAILED,
+        error_code="video_not_stored",
+        error_message=(
+            f"the video of task {record.task_id} was verified but never reached the store "
+            "(its run stopped before the upload); the next run fetches it again"
+        ),
+        video_path=None,
+    )
+
+
 def batch_results(
     options: RunOptions, manifest: Manifest, share: ShareBatch
 ) -> tuple[pa.Table, str | None]:
     """Write the batch's results (and report, if asked) from its ledger, as `finish_run`
-    does for one run; the table and where the report is (None: not written)."""
+    does for one run; the table and where the report is (None: not written). A row recorded
+    downloaded whose video is not in the store shows as `download_failed`, never completed
+    with a link to a missing object."""
     from tasks.present.report import write_report
 
     records = batch_records(options.out, share)
+    unstored = _not_in_store(_local_folder(options.out)[1], records)
+    records = {k: _as_unstored(r) if k in unstored else r for k, r in records.items()}
     check = ledger_conflicts(manifest, records)
     table = build_results(
         manifest,

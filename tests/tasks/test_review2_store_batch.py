@@ -17,7 +17,7 @@ from support.manifests import prompt_rows, write_manifest
 from apimart import retry
 from apimart.sandbox import SandboxConfig, run_in_thread
 from tasks.errors import RunRefused
-from tasks.run.lifecycle import open_run, rows_left, rows_needing_work
+from tasks.run.lifecycle import batch_results, open_run, rows_left, rows_needing_work
 from tasks.run.options import RunOptions
 from tasks.steps.chunk import claim_states
 from tasks.steps.download import video_relpath
@@ -41,11 +41,6 @@ def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str) -> Iterat
         yield
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lifecycle.rows_left takes a downloaded row of a store location for done without "
-    "asking the store, so generate-sharded starts no replacement for it",
-)
 async def test_a_row_recorded_downloaded_but_never_uploaded_is_left_to_do_for_the_parent(
     tmp_path: Path, s3_out: str
 ) -> None:
@@ -87,6 +82,10 @@ async def test_a_row_recorded_downloaded_but_never_uploaded_is_left_to_do_for_th
         "the parent counts a paid video that is in no bucket as done, so it starts no "
         "replacement and ends Completed"
     )
+    # And the batch's results never call it completed with a link to a missing object.
+    table, _ = batch_results(options, manifest, "database")
+    row = table.to_pylist()[0]
+    assert row["status"] == "download_failed" and not row["video_path"], row
 
 
 async def test_a_database_run_into_a_folder_whose_sqlite_ledger_holds_paid_rows_is_refused(
