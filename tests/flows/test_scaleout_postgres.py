@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,13 +201,11 @@ async def test_a_402_stops_every_run_of_the_batch(tmp_path: Path, ledger_url: st
 
 
 async def test_a_working_run_renews_its_leases_so_no_other_run_takes_its_rows(
-    tmp_path: Path, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, ledger_url: str
 ) -> None:
-    """While its tasks are held past several lease lengths, the run keeps renewing: another
+    """Held past the end of the lease it sent its tasks under, the run has renewed it: another
     run's claim gets none of its rows, and at the end every lease is released."""
-    from tasks.steps import chunk
-
-    monkeypatch.setattr(chunk, "LEASE_S", 0.8)
+    lease_s = 10.0  # the shortest a run accepts (--lease-seconds)
     manifest = write_manifest(tmp_path / "m.csv", _rows(2, "renewed"))
     sandbox = in_process_sandbox(Faults(hold_tasks=True))
     out = tmp_path / "out"
@@ -222,15 +221,18 @@ async def test_a_working_run_renews_its_leases_so_no_other_run_takes_its_rows(
         with connect_ledger(ledger_url, batch=batch) as ledger:
             first = ledger.lease("p00")
             assert first is not None
-            # Renewed past the end of the lease it had when its tasks were sent.
-            while (ledger.lease("p00") or first).until < first.until + 2 * 0.8:
-                assert loop.time() < deadline, "the lease was not renewed"
-                await asyncio.sleep(0.05)
+            # Past the end of the lease it had when its tasks were sent (the database's clock
+            # is this machine's), the row is still the run's, under a renewed lease.
+            while time.time() < first.until + 1.0:
+                assert loop.time() < deadline, "the first lease never ran out"
+                await asyncio.sleep(0.1)
+            renewed = ledger.lease("p00")
+            assert renewed is not None and renewed.until > first.until
             assert ledger.claim("intruder", 10, lease_s=60).rows == []
         sandbox.config.faults.hold_tasks = False
 
     outcome, _ = await asyncio.gather(
-        flow(options=fast_options(manifest, out, sandbox.url)), intrude()
+        flow(options=fast_options(manifest, out, sandbox.url, lease_seconds=lease_s)), intrude()
     )
     assert outcome["statuses"] == {"completed": 2}
     with connect_ledger(ledger_url, batch=batch, readonly=True) as ledger:
