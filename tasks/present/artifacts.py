@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 # A dry run of a huge, broken manifest must not make a page nobody can open.
 ESTIMATE_INVALID_SHOWN = 100
 
+# `Ledger.spent` sums every row of the ledger (on the event loop): read every 2 s, it was 4 %
+# of a 100,000-row run's loop, growing with the rows (bench/scale-profile.md). Money moves
+# slowly on a progress bar; the final update always reads it afresh.
+SPENT_EVERY_S = 30.0
+
 
 def artifact_key(out: str) -> str:
     """Prefect keys allow lower-case letters, digits and dashes; one key per output folder."""
@@ -52,7 +57,10 @@ class Progress:
     the ETA `eta(unfinished rows)` gives (the duration model's, at the concurrency cap: see
     `tasks.run.polling.eta_of`), not one extrapolated from recent throughput, which the
     first wave of a run (every slot submitted at once, nothing finished for minutes) makes
-    meaningless."""
+    meaningless.
+
+    `spent()` is read at most every `spent_every_s` seconds (it sums every row), and always
+    for the update of the last row, so the money shown at the end is the ledger's."""
 
     def __init__(
         self,
@@ -62,10 +70,13 @@ class Progress:
         every_s: float = 2.0,
         spent: Callable[[], float] | None = None,
         eta: Callable[[int], float | None] | None = None,
+        spent_every_s: float = SPENT_EVERY_S,
     ) -> None:
         self.total, self.key, self.every_s = max(total, 1), key, every_s
         self.rows = total
         self.spent = spent
+        self.spent_every_s = spent_every_s
+        self._spent: tuple[float, float] | None = None  # (read at, amount)
         self.eta = eta
         self.done = 0
         self.states: Counter[str] = Counter()
@@ -105,7 +116,7 @@ class Progress:
             or f"0 of {self.rows} rows finished"
         ]
         if self.spent is not None:
-            parts.append(f"spent {self.spent():.2f}")
+            parts.append(f"spent {self._spent_now(self.spent):.2f}")
         left = max(0, self.rows - self.done)
         seconds = None
         if self.eta is not None and left:
@@ -116,6 +127,13 @@ class Progress:
         if seconds is not None:
             parts.append(f"ETA {eta_text(seconds)}")
         return "; ".join(parts)
+
+    def _spent_now(self, spent: Callable[[], float]) -> float:
+        now = time.monotonic()
+        last = self._spent
+        if last is None or self.done >= self.rows or now - last[0] >= self.spent_every_s:
+            last = self._spent = (now, spent())
+        return last[1]
 
 
 async def publish_results(table: pa.Table, *, key: str, title: str, report: str | None) -> str:
