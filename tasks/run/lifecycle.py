@@ -473,6 +473,9 @@ async def _open_run(
         # Raised before any folder is locked or ledger opened; the message names the rule,
         # never the key.
         raise RunRefused(f"{exc}. Nothing was sent.") from None
+    # Before the ledger is opened: opening a database batch turns rows a dead run left
+    # mid-POST unknown, and a resend decision is about the rows unknown before this run.
+    started_at = time.time()
     ledger_cm: AbstractContextManager[Ledger] = _run_ledger(out, remote, options.out, share_batch)
     # A member beats already (`_member_heartbeat`); a plain run on a shared database beats here.
     with ledger_cm as ledger, _beating(ledger, run_id, share_batch is None):
@@ -516,6 +519,7 @@ async def _open_run(
                 gate=SubmitGate(rate=options.submit_rate),
                 budget=budget,
                 out=out,
+                started_at=started_at,
             )
             yield runtime
 

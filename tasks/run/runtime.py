@@ -42,6 +42,10 @@ class Runtime:
     gate: SubmitGate
     budget: Budget
     out: Path
+    # When the run started, taken before it opened its ledger: a --resubmit-unknown claim
+    # hands out only rows unknown by then (`tasks.steps.chunk`). On a database batch the
+    # open itself turns a dead run's mid-POST rows unknown; that doubt is not the person's.
+    started_at: float = field(default_factory=time.time)
     # Fresh signed links live only in memory: they are credentials and never stored.
     links: dict[str, Video] = field(default_factory=dict)
     # Per row, the monotonic time this run stops polling it: set by its first poll, kept by

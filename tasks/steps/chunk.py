@@ -404,8 +404,9 @@ async def _run_claimed(
     holding: set[str] = set()
     outcomes: list[dict[str, int] | BaseException] = []
     # A person's --resubmit-unknown is about the rows unknown when they asked: a row that
-    # turns unknown during this run (a dead run's POST) is never resent by it.
-    unknown_before = time.time() if runtime.options.resubmit_unknown else None
+    # turns unknown during this run (a dead run's POST), also at its own open of the ledger
+    # (a database batch's open turns expired mid-POST rows unknown), is never resent by it.
+    unknown_before = runtime.started_at if runtime.options.resubmit_unknown else None
     _reopen_missing_videos(runtime, wanted)
     renewer = asyncio.create_task(_keep_leases(runtime, owner, holding))
 
