@@ -126,6 +126,29 @@ def obey_batch_stop(runtime: Runtime) -> None:
         )
 
 
+def _write_held(runtime: Runtime, row_id: str, event: str, **values: Any) -> bool:
+    """A write that turns the row back into a never-sent state: on a shared batch only while
+    this run still holds the row (`Ledger.update_held`), since a run whose lease lapsed must
+    not undo what the run that took the row over has sent since. False: not written."""
+    owner = lease_owner(runtime)
+    if owner is None:
+        runtime.ledger.update(row_id, event, **values)
+        return True
+    if runtime.ledger.update_held(row_id, owner, event, **values):
+        return True
+    run_logger().warning(
+        "row %s: another run of the batch holds it now; this run's %s is not written",
+        row_id,
+        event,
+    )
+    return False
+
+
+def _state_now(runtime: Runtime, row_id: str) -> str:
+    record = runtime.ledger.get(row_id)
+    return record.state if record else State.PENDING
+
+
 def _stop_batch(runtime: Runtime, kind: str, reason: str) -> None:
     if shares_batch(runtime.ledger):
         runtime.ledger.stop_batch(kind, reason)
@@ -209,21 +232,27 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
         if doubtful:
             return State.UNKNOWN
         if gate.payment_exhausted:
-            ledger.update(row_id, "skipped", state=State.SKIPPED_PAYMENT, attempt=attempt)
+            if not _write_held(
+                runtime, row_id, "skipped", state=State.SKIPPED_PAYMENT, attempt=attempt
+            ):
+                return _state_now(runtime, row_id)
             return State.SKIPPED_PAYMENT
-        ledger.update(
+        if not _write_held(
+            runtime,
             row_id,
             "not-sent",
             state=State.PENDING,
             attempt=attempt,
             error_code="rate_limited",
             error_message=gate.throttled_out,
-        )
+        ):
+            return _state_now(runtime, row_id)
         return State.PENDING
 
     def over_budget() -> str:
         if doubtful:
-            ledger.update(
+            _write_held(
+                runtime,
                 row_id,
                 "resend-over-budget",
                 error_message=(
@@ -233,7 +262,8 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
                 ),
             )
             return State.UNKNOWN
-        ledger.update(
+        if not _write_held(
+            runtime,
             row_id,
             "skipped",
             state=State.SKIPPED_BUDGET,
@@ -241,7 +271,8 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
             estimated_cost=estimate,
             error_code="budget",
             error_message=f"estimated {estimate:.2f} would pass the cap {budget.cap}",
-        )
+        ):
+            return _state_now(runtime, row_id)
         return State.SKIPPED_BUDGET
 
     if not budget.reserve(estimate, row_id):
@@ -267,12 +298,15 @@ async def submit_row(runtime: Runtime, row_id: str) -> str:
         """
         give_back()
         if doubtful and not settles_doubt:
-            ledger.update(row_id, event, state=State.UNKNOWN, **as_before, **fields)
+            if not _write_held(runtime, row_id, event, state=State.UNKNOWN, **as_before, **fields):
+                return _state_now(runtime, row_id)
             return State.UNKNOWN
         if doubtful:
-            budget.release(first_estimate + earlier)
             fields["earlier_posts_cost"] = None
-        ledger.update(row_id, event, state=state, attempt=attempt, **fields)
+        if not _write_held(runtime, row_id, event, state=state, attempt=attempt, **fields):
+            return _state_now(runtime, row_id)
+        if doubtful:
+            budget.release(first_estimate + earlier)
         return state
 
     req_hash = request_hash(request)

@@ -481,6 +481,29 @@ class Ledger:
         with self._write() as tx:
             self._update_in(tx, row_id, event, values)
 
+    def update_held(self, row_id: str, owner: str, event: str | None = None, **values: Any) -> bool:
+        """`update`, applied only while `owner` still holds the row's lease; False, changing
+        nothing, once another run took it over. A run whose lease lapsed (a stalled process)
+        must not turn the row another run has since sent back into a sendable state."""
+        unknown = set(values) - set(_COLUMNS)
+        if unknown:
+            raise KeyError(f"not ledger columns: {sorted(unknown)}")
+        values["updated_at"] = time.time()
+        assignments = ", ".join(f"{k} = :v_{k}" for k in values)
+        params = {f"v_{k}": _plain(v) for k, v in values.items()}
+        with self._write() as tx:
+            count, _ = tx.run(
+                f"UPDATE {{rows}} SET {assignments} WHERE {{scope}} row_id = :row_id "
+                "AND lease_owner = :owner",
+                {**params, "row_id": row_id, "owner": owner},
+            )
+            if count != 1:
+                return False
+            if event:
+                detail = {k: v for k, v in values.items() if k != "updated_at"}
+                self._event_in(tx, row_id, event, detail, values["updated_at"])
+        return True
+
     def renew_request(
         self,
         row_id: str,
