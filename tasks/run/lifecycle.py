@@ -496,8 +496,7 @@ async def _open_run(
         ledger.set_meta("manifest", str(manifest.path))
         # `videobatch results` re-reads the manifest: with other assets its rows would differ.
         ledger.set_meta("assets", str(Path(options.assets).resolve()) if options.assets else "")
-        for row in manifest.valid_rows:
-            ledger.ensure(row.id, row.index)
+        ledger.ensure_many((row.id, row.index) for row in manifest.valid_rows)
         client = AsyncAPIMartClient(base_url=options.base_url, api_key=api_key, transport=transport)
         async with client:
             budget = (

@@ -189,7 +189,8 @@ def submit_decision(runtime: Runtime, row_id: str) -> tuple[str, int] | str:
     """`send_decision` for a row of this run, recording the row first if it is new."""
     row = runtime.row(row_id)
     assert row.request is not None, "invalid rows are never submitted"
-    record = runtime.ledger.ensure(row_id, row.index)
+    # The run's open recorded every row: `ensure` (a write and a commit) only for one it did not.
+    record = runtime.ledger.get(row_id) or runtime.ledger.ensure(row_id, row.index)
     return send_decision(record, row.request, runtime.options)
 
 

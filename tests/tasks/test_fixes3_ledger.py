@@ -99,3 +99,22 @@ def test_a_renewal_never_touches_a_row_another_run_holds(site: LedgerSite) -> No
         ledger.release("run-a")
         ledger.claim("run-dead", 1, lease_s=0, states=[State.FAILED])
         assert ledger.renew_request("r0", seen, _renewal(seen), owner="run-b")
+
+
+def test_ensure_many_records_new_rows_and_keeps_what_existing_rows_hold(site: LedgerSite) -> None:
+    """One call records every new row as pending, moves an existing row's index, and leaves an
+    existing row's state and task alone; rows already as given are not written at all."""
+    with site.run() as ledger:
+        _failed_row(ledger)  # r0 at index 0, failed with task-old
+        rows = [("r0", 3), *((f"n{i}", i + 10) for i in range(1200))]
+        assert ledger.ensure_many(rows) == 1201
+        records = ledger.all()
+        assert len(records) == 1201
+        assert (records["r0"].idx, records["r0"].state, records["r0"].task_id) == (
+            3,
+            State.FAILED,
+            "task-old",
+        )
+        assert {records[f"n{i}"].state for i in range(1200)} == {State.PENDING}
+        assert records["n1199"].idx == 1209
+        assert ledger.ensure_many(rows) == 0
