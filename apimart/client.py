@@ -62,6 +62,26 @@ ENV_API_KEY = "APIMART_API_KEY"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=10.0)
 DEFAULT_DOWNLOAD_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=10.0)
 DEFAULT_USER_AGENT = "videobatch-apimart/0.1"
+# An idle connection of a sized pool is dropped before common servers drop it (uvicorn, the
+# sandbox's server, after 5 s): a request sent on a connection the server is closing fails
+# after it left, and for a POST that is an unknown outcome.
+KEEPALIVE_EXPIRY_S = 4.0
+
+
+def pool_limits(max_connections: int | None) -> httpx.Limits:
+    """The client's pool. None: httpx's default (100 connections, 20 kept alive). A number:
+    at most that many, all kept alive while in use, since with fewer kept alive than allowed
+    httpcore 1.0 closes every idle connection once the pool holds more than the keep-alive
+    count (a connection opened and closed per request, bench/scale-profile.md)."""
+    if max_connections is None:
+        return httpx.Limits(max_connections=100, max_keepalive_connections=20)
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+    return httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
+    )
 
 
 def _base_url(value: str | None) -> str:
@@ -142,8 +162,12 @@ class AsyncAPIMartClient:
     or one that cannot be sent in a header (see `check_api_key`), raises AuthenticationError
     here, at construction, before anything is planned), `timeout` and `download_timeout` (an
     httpx.Timeout, or one number of seconds for every phase), `retry`, `transport` (any
-    httpx.AsyncBaseTransport: a proxy, or httpx.MockTransport / ASGITransport in tests) and
-    `user_agent`.
+    httpx.AsyncBaseTransport: a proxy, or httpx.MockTransport / ASGITransport in tests),
+    `user_agent` and `max_connections` (the pool, API and downloads together, all kept alive
+    while in use; None keeps httpx's default pool; ignored with a `transport`, which pools,
+    or not, itself). What it should be for a run is measured with bench/pool.py: each request
+    costs httpcore a pass over every connection the pool holds (a poll of each idle socket),
+    so a pool larger than the requests in flight costs CPU, and a smaller one queues them.
     """
 
     def __init__(
@@ -156,6 +180,7 @@ class AsyncAPIMartClient:
         transport: httpx.AsyncBaseTransport | None = None,
         download_timeout: httpx.Timeout | float = DEFAULT_DOWNLOAD_TIMEOUT,
         user_agent: str = DEFAULT_USER_AGENT,
+        max_connections: int | None = None,
     ) -> None:
         self._base_url = _base_url(base_url)
         self._api_key = _api_key(api_key)
@@ -165,7 +190,9 @@ class AsyncAPIMartClient:
         self._user_agent = user_agent
         # Only a client aimed at this machine (the sandbox) may fetch plain-http loopback links.
         self._allow_loopback_http = is_loopback_host(httpx.URL(self._base_url).host)
-        self._http = httpx.AsyncClient(transport=transport, follow_redirects=False)
+        self._http = httpx.AsyncClient(
+            transport=transport, follow_redirects=False, limits=pool_limits(max_connections)
+        )
 
     @property
     def base_url(self) -> str:

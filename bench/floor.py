@@ -54,19 +54,30 @@ async def one_row(
     return "completed"
 
 
+def parse_pool(text: str) -> tuple[int, int]:
+    """ "100/20" as (most connections, most kept alive)."""
+    most, _, alive = text.partition("/")
+    return int(most), int(alive or most)
+
+
 async def floor(
-    url: str, rows: int, concurrency: int, interval: float, *, httpx_default_limits: bool = False
+    url: str,
+    rows: int,
+    concurrency: int,
+    interval: float,
+    *,
+    httpx_default_limits: bool = False,
+    pool: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The floor's numbers. `httpx_default_limits` uses httpx's own pool (100 connections, 20
-    kept alive), as a client built without `limits=` gets, instead of one per slot."""
+    kept alive), as a client built without `limits=` gets, instead of one per slot; `pool`
+    (most, kept alive) any other."""
     out = Path(tempfile.mkdtemp(prefix="vb-floor-"))
     counts = {"posts": 0, "gets": 0, "downloads": 0}
     slots = asyncio.Semaphore(concurrency)
-    limits = (
-        httpx.Limits(max_connections=100, max_keepalive_connections=20)
-        if httpx_default_limits
-        else httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    )
+    if pool is None:
+        pool = (100, 20) if httpx_default_limits else (concurrency, concurrency)
+    limits = httpx.Limits(max_connections=pool[0], max_keepalive_connections=pool[1])
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as http:
 
@@ -97,20 +108,25 @@ def main() -> None:
         action="store_true",
         help="run twice in turn with httpx's default pool and with one connection per slot",
     )
+    parser.add_argument(
+        "--pools",
+        nargs="+",
+        metavar="MOST/ALIVE",
+        help="run each pool (e.g. 100/20 100/100 200/200) in turn, twice: CPU per pool size",
+    )
     args = parser.parse_args()
     with sandbox_process(time_scale=args.time_scale) as sandbox:
-        variants = [False, True, False, True] if args.compare_limits else [False]
-        for default_limits in variants:
+        if args.pools:
+            pools = [parse_pool(p) for p in args.pools] * 2
+        elif args.compare_limits:
+            pools = [(args.concurrency, args.concurrency), (100, 20)] * 2
+        else:
+            pools = [(args.concurrency, args.concurrency)]
+        for pool in pools:
             result = asyncio.run(
-                floor(
-                    sandbox.url,
-                    args.rows,
-                    args.concurrency,
-                    args.interval,
-                    httpx_default_limits=default_limits,
-                )
+                floor(sandbox.url, args.rows, args.concurrency, args.interval, pool=pool)
             )
-            result["pool"] = "httpx default (100/20)" if default_limits else "one per slot"
+            result["pool"] = f"{pool[0]}/{pool[1]}"
             print(json.dumps(result), flush=True)
 
 
