@@ -436,12 +436,17 @@ async def _run_claimed(
     try:
         waited_since: float | None = None
         while True:
-            outcomes += await _launch_all(runtime, lanes, next_chunk)
+            launched = await _launch_all(runtime, lanes, next_chunk)
+            outcomes += launched
             if _no_more_claims(runtime):
                 break
             others = _held_by_others(runtime, owner, wanted)
-            if not others:
+            if not others and not launched:
                 break
+            if not others:
+                # A row another run held while this round worked may have had its lease run
+                # out meanwhile: it is held by nobody now, so claim once more before ending.
+                continue
             now = time.monotonic()
             waited_since = waited_since or now
             if now - waited_since > TAKEOVER_WAIT_LEASES * lease_s:
