@@ -75,7 +75,10 @@ async def test_a_run_on_a_postgresql_ledger_keeps_its_rows_there_and_never_shows
     state = await in_process_flow(sandbox)(options=options, return_state=True)
     outcome = await state.result()  # type: ignore[misc]
     assert outcome["statuses"] == {"completed": 3}
-    assert not (out / "ledger.sqlite").exists() and not (out / ".videobatch.lock").exists()
+    assert not (out / "ledger.sqlite").exists()
+    # The folder is marked as a database batch's (so no SQLite run starts on it), by name only.
+    marker = (out / ".videobatch-ledger").read_text()
+    assert "postgresql" in marker and ledger_url not in marker and "@" not in marker
     with connect_ledger(ledger_url, batch=batch_name(str(out)), readonly=True) as ledger:
         records = ledger.all()
         assert {r.state for r in records.values()} == {State.DOWNLOADED}
