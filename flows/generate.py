@@ -11,6 +11,7 @@ which learns task durations and keeps what it learned in the ledger.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from prefect import flow
@@ -18,6 +19,7 @@ from prefect import flow
 from tasks.present.artifacts import Progress, artifact_key, publish_estimate, publish_results
 from tasks.present.report import REPORT_FILE, write_report
 from tasks.present.summary import flow_outcome
+from tasks.run.environment import adopt_ledger_secret
 from tasks.run.gate import RunStopped
 from tasks.run.lifecycle import (
     ShareBatch,
@@ -63,6 +65,7 @@ async def generate(
     it is not a flow parameter, since flow parameters are stored on the server."""
     if options.dry_run:
         return await _estimate_only(options)
+    await asyncio.to_thread(adopt_ledger_secret)
     async with open_run(options, transport=transport, share_batch=share_batch) as runtime:
         log = run_logger()
         # Computed once: rows it holds are never touched, so it holds all run long.

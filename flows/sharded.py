@@ -31,6 +31,7 @@ from flows.shard_runs import CachedBeats, ShardWatch, run_members
 from tasks.errors import LedgerLocked, ManifestConflict, ShardsIncomplete
 from tasks.present.artifacts import artifact_key, publish_estimate, publish_results
 from tasks.present.summary import flow_outcome
+from tasks.run.environment import adopt_ledger_secret
 from tasks.run.lifecycle import (
     batch_conflict,
     batch_results,
@@ -74,6 +75,8 @@ async def generate_sharded(
     log = run_logger()
     if options.dry_run:
         return await _estimate_only(options, shards)
+    # Members adopt it too, each in its own process: a worker's environment need not hold it.
+    await asyncio.to_thread(adopt_ledger_secret)
     share = batch_share(options.out)
     manifest = read_manifest(options.manifest, assets=options.assets)
     refusal = batch_conflict(options, manifest, share)

@@ -20,8 +20,9 @@ takes the environment as an argument (default: this process's), so a test passes
 * `VIDEOBATCH_LEDGER_URL`: where the ledger lives (default: `OUT/ledger.sqlite`). Not a flow
   parameter, since it may hold credentials: `videobatch run --ledger URL` hands it to the run
   through this variable of the process. A URL with a password must come from this variable or
-  a Prefect Secret block, never from `--ledger` (shell history and `ps` show a command line),
-  which refuses one.
+  the Prefect Secret block `videobatch-ledger-url` (taken into this variable at the start of
+  each flow run that finds the variable unset: `adopt_ledger_secret`), never from `--ledger`
+  (shell history and `ps` show a command line), which refuses one.
 * `VIDEOBATCH_PROJECT_DIR`: the project folder `videobatch deploy` writes into the deployments
   (prefect.yaml reads it back as `{{ $VIDEOBATCH_PROJECT_DIR }}`).
 * `PREFECT_API_DATABASE_CONNECTION_URL`, `PREFECT_SERVER_DATABASE_CONNECTION_URL`: the database
@@ -55,6 +56,7 @@ LEDGER_URL = "VIDEOBATCH_LEDGER_URL"
 PROJECT_DIR = "VIDEOBATCH_PROJECT_DIR"
 DATABASE_URLS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
 SECRET_BLOCK = "apimart-api-key"
+LEDGER_SECRET_BLOCK = "videobatch-ledger-url"
 
 # Options whose variable is not VIDEOBATCH_<NAME>: the endpoint has one variable, the client's.
 _NO_OPTION_VARIABLE = frozenset({"base_url"})
@@ -133,6 +135,28 @@ def prefect_api_url(environ: Mapping[str, str] | None = None) -> str | None:
 def ledger_url(environ: Mapping[str, str] | None = None) -> str | None:
     """Where the ledger lives, from VIDEOBATCH_LEDGER_URL; None means `OUT/ledger.sqlite`."""
     return _value(LEDGER_URL, environ)
+
+
+def adopt_ledger_secret(environ: MutableMapping[str, str] | None = None) -> bool:
+    """With VIDEOBATCH_LEDGER_URL unset, take the ledger URL from the Prefect Secret block
+    `videobatch-ledger-url` of the configured server into the variable, so a worker needs no
+    password in its environment and every reader of `ledger_url` in this process sees one
+    answer all run long. Called once where a flow run starts; True when the block was taken.
+    No server, no block or no access leaves the variable unset (the folder's SQLite ledger)."""
+    env = os.environ if environ is None else environ
+    if _value(LEDGER_URL, env):
+        return False
+    try:
+        from prefect.blocks.system import Secret
+
+        secret: Any = Secret.load(LEDGER_SECRET_BLOCK, _sync=True)  # type: ignore[call-arg]
+        value = str(secret.get()).strip()
+    except Exception:
+        return False
+    if not value:
+        return False
+    env[LEDGER_URL] = value
+    return True
 
 
 def ledger_url_from_flag(url: str) -> str:
