@@ -29,12 +29,14 @@ def secret_ledger(pg_server: PostgresServer, monkeypatch: pytest.MonkeyPatch) ->
 
     url = pg_server.create_database()
     with_password = url.replace("postgres@", f"postgres:{PASSWORD}@", 1)
-    monkeypatch.delenv(LEDGER_URL, raising=False)  # and restored to unset after the test
+    monkeypatch.setenv(LEDGER_URL, "")  # empty is unset; monkeypatch restores it afterwards
     monkeypatch.setenv("APIMART_API_KEY", API_KEY)
     Secret(value=with_password).save(LEDGER_SECRET_BLOCK, overwrite=True)
     try:
         yield with_password
     finally:
+        # The run adopted the URL into this process's environment: no later test may see it.
+        os.environ.pop(LEDGER_URL, None)
         Secret.delete(LEDGER_SECRET_BLOCK)  # type: ignore[attr-defined]
         pg_server.drop_database(url)
 
