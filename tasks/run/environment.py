@@ -111,16 +111,18 @@ def api_key(environ: Mapping[str, str] | None = None) -> str | None:
 def resolve_api_key(environ: Mapping[str, str] | None = None) -> str | None:
     """The key from APIMART_API_KEY, else the Prefect Secret block `apimart-api-key` of the
     configured server; None when neither has one (the caller says so clearly)."""
-    key = api_key(environ)
-    if key:
-        return key
+    return api_key(environ) or _secret_block(SECRET_BLOCK)
+
+
+def _secret_block(name: str) -> str | None:
+    """The value of the Prefect Secret block `name` on the configured server; None with no
+    server, no block or no access (callers say clearly what is missing)."""
     try:
         from prefect.blocks.system import Secret
 
-        secret: Any = Secret.load(SECRET_BLOCK, _sync=True)  # type: ignore[call-arg]
+        secret: Any = Secret.load(name, _sync=True)  # type: ignore[call-arg]
         return str(secret.get())
     except Exception:
-        # No server, no block, or no access: the caller reports a missing key clearly.
         return None
 
 
@@ -146,13 +148,7 @@ def adopt_ledger_secret(environ: MutableMapping[str, str] | None = None) -> bool
     env = os.environ if environ is None else environ
     if _value(LEDGER_URL, env):
         return False
-    try:
-        from prefect.blocks.system import Secret
-
-        secret: Any = Secret.load(LEDGER_SECRET_BLOCK, _sync=True)  # type: ignore[call-arg]
-        value = str(secret.get()).strip()
-    except Exception:
-        return False
+    value = (_secret_block(LEDGER_SECRET_BLOCK) or "").strip()
     if not value:
         return False
     env[LEDGER_URL] = value
