@@ -115,7 +115,8 @@ class RunOptions(BaseModel):
         DEFAULT_LEASE_S,
         ge=MIN_LEASE_S,
         le=MAX_LEASE_S,
-        description="Only on a batch shared by several runs (a PostgreSQL ledger): seconds a "
+        description="Only on a batch shared by several runs (a PostgreSQL ledger, or the members "
+        "generate-sharded starts on one folder): seconds a "
         "claimed row stays this run's without renewal (renewed every quarter of it). Raise it "
         "when a live run may stall that long (long GC pauses, a slow network or database); a "
         "short one lets other runs take a dead run's rows over sooner, for more renewals.",
